@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run every zhongtai benchmark, one after the other, and repeat the verdict lines at the end.
+#
+#   bench/run.sh            # defaults (about 2 minutes on 2 cores)
+#   QUICK=1 bench/run.sh    # fewer samples, shorter runs (a smoke test, noisier figures)
+#
+# Full output of each script is kept in bench/results/<name>.txt (git-ignored), the
+# figures as JSON in bench/results/<name>.json. Exits 0 even when a target fails:
+# benchmarks report, they do not gate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p bench/results
+
+if [[ "${QUICK:-}" == 1 ]]; then
+    startup_args=(--samples 3)
+    http_args=(--rounds 1 --duration 3 --seq-requests 500)
+else
+    startup_args=()
+    http_args=()
+fi
+
+if ! command -v wrk >/dev/null; then
+    echo "note: wrk not installed, http_overhead.py falls back to its Python load generator"
+    echo "      (preferred: apt-get update && apt-get install -y wrk)"
+fi
+
+"$PY" bench/startup.py "${startup_args[@]}" | tee bench/results/startup.txt
+echo
+"$PY" bench/http_overhead.py "${http_args[@]}" | tee bench/results/http_overhead.txt
+
+echo
+echo "== summary ($(date +%F), $(nproc) cores) =="
+grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt

@@ -1,0 +1,5 @@
+"""``python -m zhongtai`` runs the ``zhongtai`` command."""
+
+from zhongtai.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Hooks: the plugin manager, the hook specifications, and domain events."""

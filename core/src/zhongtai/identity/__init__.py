@@ -1,0 +1,1 @@
+"""Identity: users, organizations, projects, roles, API keys, login, audit."""

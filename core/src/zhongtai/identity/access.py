@@ -1,0 +1,309 @@
+"""What a principal may do, decided in SQL.
+
+Two kinds of question, one set of rules:
+
+* **Lists.** :func:`visible_project_ids` returns one ``SELECT projects.id`` that a list
+  endpoint puts in its ``WHERE`` (``Model.project_id.in_(visible_project_ids(...))``).
+  List endpoints must filter with it and never call :func:`has_permission` per row:
+  a permission check per row is the hot path that sank Datasette's
+  ``permission_allowed`` (STYLE.md, pitfalls). 10,000 projects cost one statement.
+* **One object.** :func:`has_permission` and :func:`require` answer for one project
+  or organization with one small indexed query. :func:`require` raises
+  :class:`NotFound` when the principal cannot even read the project, so another
+  project's objects look as if they did not exist (404, never 403), and
+  :class:`Forbidden` when it can read but not act (403).
+
+The rules:
+
+* A project membership's role wins over the organization's role in that project,
+  in both directions (it may lower it): ``COALESCE(pm.role, om.role)``.
+* Superusers hold every permission; site-scope permissions are theirs alone.
+* An inactive user holds nothing (checked in the database, not trusted from the
+  principal, so deactivation takes effect at once).
+* An API key only narrows its owner: to ``key_project_id`` (such a key holds no
+  organization- or site-scope permission) and to ``key_permissions``. The
+  permission subset does not hide projects from :func:`require`: the key's owner can
+  see the project, so an excluded permission is 403, not 404.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, false, func, select
+from sqlalchemy.orm import Session, aliased
+
+from zhongtai.identity.models import Organization, OrgMember, Project, ProjectMember, User
+from zhongtai.identity.permissions import ORG_READ, PROJECT_READ
+from zhongtai.identity.principal import Principal
+from zhongtai.identity.roles import Permission, Role
+
+
+class NotFound(LookupError):
+    """The principal cannot read the target: answer 404, as if it did not exist."""
+
+
+class Forbidden(PermissionError):
+    """The principal can read the target but lacks the permission: answer 403."""
+
+
+def _active_user(user_id: str) -> ColumnElement[bool]:
+    # Joined as a one-row table: an inactive or deleted user makes every query empty.
+    return and_(User.id == user_id, User.is_active)
+
+
+def _role_or_none(value: Any) -> Role | None:
+    return None if value is None else Role(value)
+
+
+def project_role(session: Session, user_id: str, project_id: str) -> Role | None:
+    """The user's effective role in a project.
+
+    Args:
+        session: An open session.
+        user_id: The user.
+        project_id: The project.
+
+    Returns:
+        The project membership's role if there is one (it overrides the organization
+        role, also downwards), else the role of the organization membership in the
+        project's organization, else None (also when the project does not exist).
+    """
+    pm = aliased(ProjectMember)
+    om = aliased(OrgMember)
+    stmt = (
+        select(func.coalesce(pm.role, om.role))
+        .select_from(Project)
+        .outerjoin(pm, and_(pm.project_id == Project.id, pm.user_id == user_id))
+        .outerjoin(om, and_(om.org_id == Project.org_id, om.user_id == user_id))
+        .where(Project.id == project_id)
+    )
+    return _role_or_none(session.scalar(stmt))
+
+
+def org_role(session: Session, user_id: str, org_id: str) -> Role | None:
+    """The user's role in an organization, or None without a membership.
+
+    Args:
+        session: An open session.
+        user_id: The user.
+        org_id: The organization.
+
+    Returns:
+        The organization membership's role, or None.
+    """
+    stmt = select(OrgMember.role).where(OrgMember.org_id == org_id, OrgMember.user_id == user_id)
+    return _role_or_none(session.scalar(stmt))
+
+
+def _nothing() -> Select[str]:
+    # Still a SELECT of project ids, so callers can use it in IN (...) unchanged.
+    return select(Project.id).where(false())
+
+
+def _key_admits(principal: Principal, permission: Permission, project_id: str | None) -> bool:
+    """Whether the API key's own scope (if any) admits ``permission`` here."""
+    if principal.key_project_id is not None and (
+        permission.scope != "project" or project_id != principal.key_project_id
+    ):
+        return False
+    return principal.key_permissions is None or permission.name in principal.key_permissions
+
+
+def visible_project_ids(principal: Principal, permission: Permission) -> Select[str]:
+    """The projects where ``principal`` holds ``permission``, as one SQL expression.
+
+    List endpoints filter with it, e.g.
+    ``select(Dataset).where(Dataset.project_id.in_(visible_project_ids(p, DATASET_READ)))``,
+    and never check rows one by one. The query LEFT JOINs the user's project and
+    organization memberships onto ``projects`` and keeps rows where
+    ``COALESCE(pm.role, om.role) >= :min_role``; with the unique
+    ``(project_id, user_id)`` and ``(org_id, user_id)`` indexes each project costs an
+    index lookup, so 10,000 projects stay well under a second on SQLite.
+
+    Args:
+        principal: Who asks.
+        permission: What they want to do there. For an organization-scope permission,
+            the projects of organizations where the organization role holds it.
+
+    Returns:
+        ``SELECT projects.id …``; empty for an inactive user, a site-scope permission
+        held by a non-superuser, or a key whose scope excludes the permission.
+    """
+    if principal.key_permissions is not None and permission.name not in principal.key_permissions:
+        return _nothing()
+    if principal.key_project_id is not None and permission.scope != "project":
+        return _nothing()
+    if permission.scope == "site" and not principal.is_superuser:
+        return _nothing()
+
+    uid = principal.user_id
+    stmt = select(Project.id).join(User, _active_user(uid))
+    if not principal.is_superuser:
+        om = aliased(OrgMember)
+        org_join = and_(om.org_id == Project.org_id, om.user_id == uid)
+        if permission.scope == "org":
+            # The organization role alone decides: project memberships don't reach it.
+            stmt = stmt.join(om, org_join).where(om.role >= int(permission.min_role))
+        else:
+            pm = aliased(ProjectMember)
+            stmt = (
+                stmt.outerjoin(pm, and_(pm.project_id == Project.id, pm.user_id == uid))
+                .outerjoin(om, org_join)
+                .where(func.coalesce(pm.role, om.role) >= int(permission.min_role))
+            )
+    if principal.key_project_id is not None:
+        stmt = stmt.where(Project.id == principal.key_project_id)
+    return stmt
+
+
+def _project_access(
+    session: Session, principal: Principal, project_id: str
+) -> tuple[bool, Role | None]:
+    """One query: whether the project exists for an active user, and the user's role there."""
+    uid = principal.user_id
+    pm = aliased(ProjectMember)
+    om = aliased(OrgMember)
+    stmt = (
+        select(func.coalesce(pm.role, om.role))
+        .select_from(Project)
+        .join(User, _active_user(uid))
+        .outerjoin(pm, and_(pm.project_id == Project.id, pm.user_id == uid))
+        .outerjoin(om, and_(om.org_id == Project.org_id, om.user_id == uid))
+        .where(Project.id == project_id)
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        return False, None
+    return True, _role_or_none(row[0])
+
+
+def _org_access(session: Session, principal: Principal, org_id: str) -> tuple[bool, Role | None]:
+    """One query: whether the organization exists for an active user, and the user's role."""
+    uid = principal.user_id
+    om = aliased(OrgMember)
+    stmt = (
+        select(om.role)
+        .select_from(Organization)
+        .join(User, _active_user(uid))
+        .outerjoin(om, and_(om.org_id == Organization.id, om.user_id == uid))
+        .where(Organization.id == org_id)
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        return False, None
+    return True, _role_or_none(row[0])
+
+
+def _user_is_active(session: Session, user_id: str) -> bool:
+    return bool(session.scalar(select(User.is_active).where(User.id == user_id)))
+
+
+def _role_admits(principal: Principal, permission: Permission, role: Role | None) -> bool:
+    return principal.is_superuser or (role is not None and role >= permission.min_role)
+
+
+def _target(
+    permission: Permission, project_id: str | None, org_id: str | None
+) -> tuple[str | None, str | None]:
+    if permission.scope == "project" and project_id is None:
+        raise ValueError(f"{permission.name} is checked against a project: pass project_id")
+    if permission.scope == "org" and org_id is None:
+        raise ValueError(f"{permission.name} is checked against an organization: pass org_id")
+    return project_id, org_id
+
+
+def has_permission(
+    session: Session,
+    principal: Principal,
+    permission: Permission,
+    *,
+    project_id: str | None = None,
+    org_id: str | None = None,
+) -> bool:
+    """Whether ``principal`` holds ``permission`` on one project or organization.
+
+    The same rules as :func:`visible_project_ids`, for a single target; for lists use
+    that function instead of calling this per row.
+
+    Args:
+        session: An open session.
+        principal: Who asks.
+        permission: What they want to do.
+        project_id: The project, for a project-scope permission.
+        org_id: The organization, for an organization-scope permission.
+
+    Returns:
+        True when the principal holds the permission there.
+
+    Raises:
+        ValueError: The target the permission's scope needs is missing.
+    """
+    project_id, org_id = _target(permission, project_id, org_id)
+    if not _key_admits(principal, permission, project_id):
+        return False
+    if permission.scope == "site":
+        return principal.is_superuser and _user_is_active(session, principal.user_id)
+    if permission.scope == "org":
+        assert org_id is not None
+        found, role = _org_access(session, principal, org_id)
+    else:
+        assert project_id is not None
+        found, role = _project_access(session, principal, project_id)
+    return found and _role_admits(principal, permission, role)
+
+
+def require(
+    session: Session,
+    principal: Principal,
+    permission: Permission,
+    *,
+    project_id: str | None = None,
+    org_id: str | None = None,
+    read_permission: Permission | None = None,
+) -> None:
+    """Raise unless ``principal`` holds ``permission`` on the target.
+
+    Resolve ``project_id`` from the stored object, never from the request.
+
+    Args:
+        session: An open session.
+        principal: Who asks.
+        permission: What they want to do.
+        project_id: The project, for a project-scope permission.
+        org_id: The organization, for an organization-scope permission.
+        read_permission: What it takes to know the target exists; defaults to
+            ``core.project.read`` or ``core.org.read`` by the permission's scope.
+
+    Raises:
+        NotFound: The principal cannot read the target (or it does not exist, or the
+            user is inactive, or an API key is scoped to another project).
+        Forbidden: It can read the target but lacks the permission; always for a
+            site-scope permission and a non-superuser.
+        ValueError: The target the permission's scope needs is missing.
+    """
+    project_id, org_id = _target(permission, project_id, org_id)
+    if permission.scope == "site":
+        if not has_permission(session, principal, permission):
+            raise Forbidden(permission.name)
+        return
+
+    if permission.scope == "org":
+        assert org_id is not None
+        found, role = _org_access(session, principal, org_id)
+        read = read_permission or ORG_READ
+    else:
+        assert project_id is not None
+        found, role = _project_access(session, principal, project_id)
+        read = read_permission or PROJECT_READ
+
+    # Reading ignores the key's permission subset (see the module docstring) but not
+    # its project: a key for project A must not learn that project B exists.
+    reader = dataclasses.replace(principal, key_permissions=None)
+    if not (found and _key_admits(reader, read, project_id) and _role_admits(reader, read, role)):
+        raise NotFound(project_id or org_id)
+    if not (
+        _key_admits(principal, permission, project_id) and _role_admits(principal, permission, role)
+    ):
+        raise Forbidden(permission.name)

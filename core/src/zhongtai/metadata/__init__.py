@@ -1,0 +1,1 @@
+"""Metadata: the database, migrations, lineage between entities."""

@@ -1,0 +1,185 @@
+"""pytest fixtures for testing zhongtai and its plugins (registered as a ``pytest11`` plugin).
+
+Each test gets a throwaway data directory and database, and an app built with
+exactly the plugins it names::
+
+    import pytest
+
+    @pytest.mark.zt_plugins("hello")           # installed plugins to load
+    def test_hello(zt_client):
+        assert zt_client.get("/api/v1/hello/greetings").status_code == 200
+
+    def test_inline(zt_register_plugin, zt_client_factory):
+        class Plugin:
+            @zhongtai.hookimpl
+            def register_routes(self): ...
+        zt_register_plugin(Plugin(), name="inline")
+        with zt_client_factory() as client: ...
+
+Databases: SQLite in the test's temporary folder by default. With
+``ZHONGTAI_TEST_DATABASE_URL=postgresql://127.0.0.1:5432/postgres`` each test gets
+its own PostgreSQL database, created before the test and dropped after it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.testing import TestClient
+
+    from zhongtai.platform import Platform
+    from zhongtai.settings import Settings
+
+TEST_DATABASE_ENV = "ZHONGTAI_TEST_DATABASE_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "zt_plugins(*names): installed zhongtai plugins the test's app loads"
+    )
+
+
+def database_server_for_tests() -> str | None:
+    """The PostgreSQL server URL tests run against, or None for SQLite."""
+    return os.environ.get(TEST_DATABASE_ENV) or None
+
+
+@contextmanager
+def throwaway_postgres(server_url: str) -> Iterator[str]:
+    """Create a uniquely named database on ``server_url``; drop it afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    name = f"zt_test_{secrets.token_hex(6)}"
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def zt_database_url(tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own: SQLite under ``tmp_path`` or a fresh PostgreSQL one."""
+    server = database_server_for_tests()
+    if server is None:
+        yield f"sqlite:///{tmp_path / 'zhongtai.db'}"
+        return
+    with throwaway_postgres(server) as url:
+        yield url
+
+
+@pytest.fixture
+def zt_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove ``ZHONGTAI_*`` variables (but the test ones) so the shell cannot leak in."""
+    for key in list(os.environ):
+        if key.startswith("ZHONGTAI_") and not key.startswith("ZHONGTAI_TEST_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def zt_settings(tmp_path: Path, zt_database_url: str, zt_clean_env: None) -> Settings:
+    """Settings for one test: a temporary data directory and the test's database."""
+    from zhongtai.settings import load_settings
+
+    return load_settings(
+        home=tmp_path / "home",
+        database_url=zt_database_url,
+        log_format="text",
+        access_log=False,
+    )
+
+
+@pytest.fixture
+def zt_plugins(request: pytest.FixtureRequest) -> list[str]:
+    """Installed plugins the app loads: from ``@pytest.mark.zt_plugins(...)``, else none."""
+    marker = request.node.get_closest_marker("zt_plugins")
+    return list(marker.args) if marker else []
+
+
+@pytest.fixture
+def zt_extra_plugins() -> list[tuple[str, object]]:
+    return []
+
+
+@pytest.fixture
+def zt_register_plugin(
+    zt_extra_plugins: list[tuple[str, object]],
+) -> Callable[..., None]:
+    """Register a plugin object (module, class instance…) for this test's app only."""
+
+    def register(obj: object, *, name: str) -> None:
+        zt_extra_plugins.append((name, obj))
+
+    return register
+
+
+@pytest.fixture
+def zt_app_factory(
+    zt_settings: Settings,
+    zt_plugins: list[str],
+    zt_extra_plugins: list[tuple[str, object]],
+) -> Iterator[Callable[..., Litestar]]:
+    """Build apps for this test: ``zt_app_factory(settings=None, plugins=None)``."""
+    from zhongtai.web.app import create_app
+
+    built: list[Litestar] = []
+
+    def factory(settings: Settings | None = None, **kwargs: Any) -> Litestar:
+        kwargs.setdefault("plugins", zt_plugins)
+        kwargs.setdefault("extra_plugins", zt_extra_plugins)
+        kwargs.setdefault("schema", "upgrade")
+        app = create_app(settings or zt_settings, **kwargs)
+        built.append(app)
+        return app
+
+    yield factory
+    for app in built:
+        app.state["platform"].close()
+
+
+@pytest.fixture
+def zt_app(zt_app_factory: Callable[..., Litestar]) -> Litestar:
+    """The app with the built-in plugins and those the test names."""
+    return zt_app_factory()
+
+
+@pytest.fixture
+def zt_platform(zt_app: Litestar) -> Platform:
+    platform: Platform = zt_app.state["platform"]
+    return platform
+
+
+@pytest.fixture
+def zt_client(zt_app: Litestar) -> Iterator[TestClient[Litestar]]:
+    """An HTTP client against ``zt_app`` (startup and shutdown hooks run around it)."""
+    from litestar.testing import TestClient
+
+    with TestClient(zt_app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def zt_client_factory(
+    zt_app_factory: Callable[..., Litestar],
+) -> Callable[..., Any]:
+    """``with zt_client_factory(**app_kwargs) as client:`` for tests that build their own app."""
+    from litestar.testing import TestClient
+
+    def factory(**kwargs: Any) -> TestClient[Litestar]:
+        return TestClient(zt_app_factory(**kwargs), raise_server_exceptions=False)
+
+    return factory

@@ -1,0 +1,1 @@
+"""Web: the Litestar app assembled from the routes plugins return."""

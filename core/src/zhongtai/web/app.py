@@ -1,0 +1,214 @@
+"""The Litestar app, assembled from the routes that plugins (built-in ones first) return.
+
+Core routes are mounted at the paths they declare; each other plugin's routes under
+``/api/v1/<plugin>/``. A plugin whose prefix would shadow a core path, or whose
+routes cannot be mounted, is unloaded and reported; the rest of the app starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from litestar import Litestar, Request, Router
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.exceptions import ClientException, ServiceUnavailableException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import ControllerRouterHandler
+
+import zhongtai
+from zhongtai.hooks.manager import PluginRecord
+from zhongtai.platform import Platform, SchemaPolicy, bootstrap
+from zhongtai.settings import Settings, load_settings
+from zhongtai.web.errors import EXCEPTION_HANDLERS
+from zhongtai.web.middleware import Metrics, handle_http
+
+log = logging.getLogger("zhongtai.web")
+
+API_PREFIX = "/api/v1"
+# Names the core uses or will use under /api/v1; no plugin may take them.
+RESERVED_NAMES = frozenset(
+    {
+        "auth",
+        "users",
+        "orgs",
+        "projects",
+        "api_keys",
+        "audit",
+        "jobs",
+        "plugins",
+        "lineage",
+        "settings",
+        "events",
+        "webhooks",
+        "ui",
+        "static",
+        "setup",
+        "admin",
+        "core",
+        "system",
+    }
+)
+
+
+class PlatformRequest(Request[Any, Any, Any]):
+    """Request with a bounded JSON decoder: over-deep nesting is a 400, not a crash."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ClientException(
+                detail="JSON body is nested too deeply",
+                extra=[{"key": "body", "message": "nested too deeply", "source": "body"}],
+            ) from None
+
+
+class PlatformApp(Litestar):
+    """Litestar with the platform's request id, metrics and access log around every request."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await handle_http(
+            self._dispatch,
+            scope,
+            receive,
+            send,
+            metrics=self.state["metrics"],
+            access_log=self.state["access_log"],
+        )
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    plugins: Sequence[str] | None = None,
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    discover: bool = True,
+    schema: SchemaPolicy = "auto",
+) -> Litestar:
+    """Build the platform from ``settings`` (default: the environment) and its web app.
+
+    Raises:
+        SettingsError, StartupError, DatabaseUnavailable, DriverError: start-up must stop.
+    """
+    settings = settings if settings is not None else load_settings()
+    platform = bootstrap(
+        settings,
+        plugins=plugins,
+        extra_plugins=extra_plugins,
+        discover=discover,
+        schema=schema,
+    )
+    return build_app(platform)
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for ``uvicorn --factory`` (``zhongtai serve`` with several workers or reload)."""
+    from zhongtai.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def build_app(platform: Platform) -> Litestar:
+    """Assemble the Litestar app for an already bootstrapped platform."""
+    settings = platform.settings
+    manager = platform.plugins
+    core: list[ControllerRouterHandler] = []
+    contributed: list[tuple[PluginRecord, list[ControllerRouterHandler]]] = []
+    for record, routes in manager.call_each("register_routes", platform=platform):
+        routes = list(routes) if isinstance(routes, (list, tuple)) else [routes]
+        if record.builtin:
+            core.extend(routes)
+        else:
+            contributed.append((record, routes))
+
+    core_paths = {p for item in core for p in _paths(item)}
+    route_handlers: list[ControllerRouterHandler] = list(core)
+    for record, routes in contributed:
+        router = _plugin_router(record, routes, core_paths, platform)
+        if router is not None:
+            route_handlers.append(router)
+
+    async def on_startup(app: Litestar) -> None:
+        await manager.acall_each("startup", unload=True, platform=platform)
+
+    async def on_shutdown(app: Litestar) -> None:
+        await manager.acall_each("shutdown", unload=False, platform=platform)
+        platform.close()
+
+    app = PlatformApp(
+        route_handlers=route_handlers,
+        dependencies={"platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_class=PlatformRequest,
+        request_max_body_size=settings.max_body_size,
+        openapi_config=OpenAPIConfig(
+            title="zhongtai",
+            version=zhongtai.__version__,
+            path="/api",
+            render_plugins=[SwaggerRenderPlugin(path="/docs")],
+        ),
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        debug=False,
+        logging_config=None,  # zhongtai.logs configures logging once, for every library
+    )
+    app.state["platform"] = platform
+    app.state["metrics"] = Metrics()
+    app.state["access_log"] = settings.access_log
+    return app
+
+
+def _plugin_router(
+    record: PluginRecord,
+    routes: list[ControllerRouterHandler],
+    core_paths: set[str],
+    platform: Platform,
+) -> Router | None:
+    prefix = f"{API_PREFIX}/{record.name}"
+    if record.name in RESERVED_NAMES or any(
+        p == prefix or p.startswith(prefix + "/") for p in core_paths
+    ):
+        platform.plugins.unload(record.name, f"register_routes: {prefix} is reserved for the core")
+        return None
+    try:
+        return Router(
+            path=prefix,
+            route_handlers=routes,
+            tags=[record.name],
+            guards=[_plugin_available(record)],
+        )
+    except Exception as exc:
+        platform.plugins.unload(record.name, f"register_routes: {type(exc).__name__}: {exc}", exc)
+        return None
+
+
+def _plugin_available(record: PluginRecord) -> Any:
+    """A guard answering 503 once a plugin has been unloaded (e.g. its startup failed)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if record.error is not None:
+            raise ServiceUnavailableException(f"plugin {record.name} is unavailable")
+
+    return guard
+
+
+def _paths(item: Any) -> set[str]:
+    if isinstance(item, Router):
+        return {item.path}
+    if inspect.isclass(item):
+        return {getattr(item, "path", "/")}
+    return set(getattr(item, "paths", set()))

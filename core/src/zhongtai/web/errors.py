@@ -1,0 +1,100 @@
+"""Every error is RFC 9457 problem details (``application/problem+json``).
+
+Validation errors name the offending field in ``detail`` and list every problem in
+``errors``; a 500 carries the request id and never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from zhongtai.logs import request_id_var
+
+log = logging.getLogger("zhongtai.web")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    """A problem-details response."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body: dict[str, Any] = {"type": "about:blank", "title": title or phrase, "status": status}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_errors(extra: Any) -> list[dict[str, Any]]:
+    errors = []
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict):
+                field = item.get("key") or item.get("field") or item.get("loc")
+                entry = {"field": field, "message": str(item.get("message", item.get("msg", "")))}
+                source = item.get("source")
+                if source:
+                    entry["source"] = str(getattr(source, "value", source))
+                errors.append(entry)
+    elif isinstance(extra, dict) and extra:
+        errors.append({"field": extra.get("key") or extra.get("field"), **extra})
+    return errors
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    errors = _field_errors(exc.extra)
+    detail = exc.detail
+    if isinstance(exc, ValidationException) or (errors and status in (400, 422)):
+        named = [e for e in errors if e.get("field")]
+        if named:
+            first = named[0]
+            where = f" in {first['source']}" if first.get("source") else ""
+            detail = f"invalid value for {first['field']!r}{where}: {first['message']}"
+    if status >= 500:
+        log.error("HTTP %s: %s", status, detail)
+    headers = dict(exc.headers or {})
+    return problem(
+        status, detail, errors=errors or None, headers=headers or None, instance=request.url.path
+    )
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(
+        500,
+        "The server hit an unexpected error; quote the request id when reporting it.",
+        instance=request.url.path,
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: http_exception_handler,
+    Exception: internal_error_handler,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]

@@ -1,0 +1,1 @@
+"""Sample plugins that misbehave on purpose, for zhongtai's own tests."""
