@@ -16,6 +16,7 @@ from zhongtai.hooks.manager import PluginManager, StartupError
 from zhongtai.settings import PluginSettings, Settings, SettingsError, load_plugin_settings
 
 if TYPE_CHECKING:
+    from zhongtai.identity.roles import PermissionRegistry
     from zhongtai.metadata.database import Database
     from zhongtai.metadata.migrations import Migrations
     from zhongtai.storage import ObjectStore
@@ -72,6 +73,9 @@ class Platform:
         self.plugin_config: dict[str, PluginSettings] = plugin_config or {}
         self.migration_branches: dict[str, Path] = {}
         self.stash = Stash()
+        # Read once: the key file is generated on first start and never changes.
+        self.secret_key = settings.resolved_secret_key()
+        self.permissions: PermissionRegistry = _empty_registry()
 
     def plugin_settings(self, name: str) -> PluginSettings:
         """The validated settings of plugin ``name`` (from its ``register_settings``)."""
@@ -84,6 +88,12 @@ class Platform:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _empty_registry() -> PermissionRegistry:
+    from zhongtai.identity.permissions import build_registry
+
+    return build_registry()
 
 
 def load_plugins(
@@ -179,6 +189,9 @@ def bootstrap(
     )
     holder.append(platform)
     try:
+        from zhongtai.identity.permissions import collect_permissions
+
+        platform.permissions = collect_permissions(manager)
         db.ping()
         platform.migration_branches = collect_migrations(manager)
         prepare_schema(platform, schema)

@@ -101,6 +101,37 @@ class StorageSettings(BaseModel):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
 
+class IdentitySettings(BaseModel):
+    """Sign-in and accounts: ``ZHONGTAI_IDENTITY__<FIELD>``, TOML table ``[identity]``."""
+
+    model_config = {"extra": "forbid"}
+
+    registration: Literal["open", "invite", "off"] = Field(
+        default="off",
+        description="Self-registration: anyone (open), with an invitation (invite), or not at all.",
+    )
+    password_min_length: int = Field(default=10, ge=8, le=128)
+    access_token_ttl: int = Field(
+        default=900, ge=60, le=86_400, description="Access token lifetime, seconds."
+    )
+    refresh_token_ttl: int = Field(
+        default=30 * 86_400,
+        ge=3600,
+        le=365 * 86_400,
+        description="Refresh token lifetime, seconds.",
+    )
+    invitation_ttl: int = Field(
+        default=7 * 86_400, ge=3600, le=90 * 86_400, description="Invitation lifetime, seconds."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed logins per account or address before a lock."
+    )
+    login_window: int = Field(
+        default=900, ge=1, description="Seconds over which failed logins are counted."
+    )
+    login_lockout: int = Field(default=900, ge=1, description="Seconds a lock lasts.")
+
+
 class Settings(BaseSettings):
     """The core's settings. Field ``x`` is read from ``ZHONGTAI_X``."""
 
@@ -138,6 +169,12 @@ class Settings(BaseSettings):
     max_body_size: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_page_size: int = Field(default=500, ge=1, le=10_000)
     default_page_size: int = Field(default=50, ge=1)
+    public_url: str | None = Field(
+        default=None,
+        description="The URL users reach the platform at (links printed and mailed); "
+        "default: http://HOST:PORT.",
+    )
+    identity: IdentitySettings = Field(default_factory=lambda: IdentitySettings())
 
     @classmethod
     def settings_customise_sources(
@@ -198,6 +235,14 @@ class Settings(BaseSettings):
     def ensure_home(self) -> None:
         """Create the data directory (private to the user) if it does not exist."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def base_url(self) -> str:
+        """Where users reach the platform: ``public_url`` or ``http://host:port``."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     def resolved_secret_key(self) -> str:
         """The configured secret key, or one generated into the data directory on first use."""

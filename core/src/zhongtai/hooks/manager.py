@@ -37,6 +37,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("system", "zhongtai.web.system"),
     ("lineage", "zhongtai.metadata.lineage"),
+    ("identity", "zhongtai.identity.plugin"),
 )
 
 

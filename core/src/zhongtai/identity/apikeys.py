@@ -221,7 +221,7 @@ def verify_api_key(
     ).first()
     if row is None:
         raise InvalidApiKey("unknown API key")
-    key, owner = row.tuple()
+    key, owner = row
     # Constant time, so response timing does not reveal how much of a guess matched.
     if not hmac.compare_digest(hmac_hex(secret, full_key), key.key_hash):
         raise InvalidApiKey("wrong API key secret")

@@ -16,11 +16,13 @@ from typing import Annotated, Any, Literal
 from litestar import get, post
 from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Index, String, UniqueConstraint, and_, or_, select
+from sqlalchemy import Index, Select, String, UniqueConstraint, and_, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 import zhongtai
 from zhongtai.hooks.events import Event, emit, utcnow
+from zhongtai.identity.guard import AccessDep, requires
+from zhongtai.identity.permissions import LINEAGE_READ, LINEAGE_WRITE
 from zhongtai.metadata.base import Base
 from zhongtai.metadata.ids import new_id
 from zhongtai.web.pagination import page_request, paginate
@@ -126,9 +128,18 @@ Direction = Literal["upstream", "downstream", "both"]
 
 
 def walk(
-    session: Session, root: EntityRef, direction: Direction = "both", depth: int = 3
+    session: Session,
+    root: EntityRef,
+    direction: Direction = "both",
+    depth: int = 3,
+    *,
+    projects: Select[Any] | None = None,
 ) -> dict[str, Any]:
-    """Edges reachable from ``root`` within ``depth`` hops, one query per hop."""
+    """Edges reachable from ``root`` within ``depth`` hops, one query per hop.
+
+    ``projects`` (a ``SELECT`` of project ids) limits the walk to edges recorded in
+    those projects; edges of other projects, and those of none, are not followed.
+    """
     seen: set[tuple[str, str]] = {(root.kind, root.id)}
     frontier = {(root.kind, root.id)}
     edges: dict[str, LineageEdge] = {}
@@ -146,9 +157,10 @@ def walk(
             conditions += [
                 and_(LineageEdge.source_kind == k, LineageEdge.source_id == i) for k, i in pairs
             ]
-        found = session.scalars(
-            select(LineageEdge).where(or_(*conditions)).order_by(LineageEdge.id)
-        ).all()
+        query = select(LineageEdge).where(or_(*conditions))
+        if projects is not None:
+            query = query.where(LineageEdge.project_id.in_(projects))
+        found = session.scalars(query.order_by(LineageEdge.id)).all()
         frontier = set()
         for edge in found:
             edges[edge.id] = edge
@@ -178,17 +190,27 @@ def _edge_dict(edge: LineageEdge) -> dict[str, Any]:
     }
 
 
-@get("/api/v1/lineage", tags=["lineage"], sync_to_thread=True)
+@get("/api/v1/lineage", tags=["lineage"], sync_to_thread=True, opt=requires(LINEAGE_READ))
 def get_lineage(
     platform: PlatformDep,
+    access: AccessDep,
     kind: Annotated[str, QueryParameter(pattern=KIND_PATTERN.pattern, max_length=64)],
     entity_id: Annotated[str, QueryParameter(name="id", min_length=1, max_length=128)],
     direction: Annotated[Direction, QueryParameter()] = "both",
     depth: Annotated[int, QueryParameter(ge=1, le=MAX_DEPTH)] = 3,
 ) -> dict[str, Any]:
-    """Entities and edges around one entity, walking ``depth`` hops in ``direction``."""
+    """Entities and edges around one entity, walking ``depth`` hops in ``direction``.
+
+    Only edges of projects where the caller holds ``lineage.read`` are followed.
+    """
     with platform.db.transaction() as session:
-        return walk(session, EntityRef(kind, entity_id), direction, depth)
+        return walk(
+            session,
+            EntityRef(kind, entity_id),
+            direction,
+            depth,
+            projects=access.visible_projects(),
+        )
 
 
 class EntityIn(BaseModel):
@@ -206,13 +228,15 @@ class EdgeIn(BaseModel):
     source: EntityIn
     target: EntityIn
     relation: str = Field(pattern=KIND_PATTERN.pattern, max_length=64)
-    project: str | None = Field(default=None, max_length=64)
+    project: str = Field(min_length=1, max_length=64)
 
 
-@post("/api/v1/lineage/edges", tags=["lineage"], sync_to_thread=True)
-def create_edge(platform: PlatformDep, data: JSONBody[EdgeIn]) -> dict[str, Any]:
-    """Record an edge (idempotent: the same edge twice returns the first)."""
+@post("/api/v1/lineage/edges", tags=["lineage"], sync_to_thread=True, opt=requires(LINEAGE_WRITE))
+def create_edge(platform: PlatformDep, access: AccessDep, data: JSONBody[EdgeIn]) -> dict[str, Any]:
+    """Record an edge in a project (idempotent: the same edge twice returns the first)."""
     with platform.db.transaction() as session:
+        access.require(session, project_id=data.project)
+        access.audit(action="lineage.edge.create", target_kind="lineage.edge")
         edge = record_edge(
             session,
             EntityRef(data.source.kind, data.source.id),
@@ -223,9 +247,10 @@ def create_edge(platform: PlatformDep, data: JSONBody[EdgeIn]) -> dict[str, Any]
         return _edge_dict(edge)
 
 
-@get("/api/v1/lineage/edges", tags=["lineage"], sync_to_thread=True)
+@get("/api/v1/lineage/edges", tags=["lineage"], sync_to_thread=True, opt=requires(LINEAGE_READ))
 def list_edges(
     platform: PlatformDep,
+    access: AccessDep,
     kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern, max_length=64)] = None,
     entity_id: Annotated[str | None, QueryParameter(name="id", max_length=128)] = None,
     relation: Annotated[str | None, QueryParameter(max_length=64)] = None,
@@ -237,7 +262,7 @@ def list_edges(
     page = page_request(
         limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
     )
-    query = select(LineageEdge)
+    query = select(LineageEdge).where(LineageEdge.project_id.in_(access.visible_projects()))
     if kind is not None:
         ends = [LineageEdge.source_kind == kind, LineageEdge.target_kind == kind]
         if entity_id is not None:

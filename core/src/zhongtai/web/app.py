@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import anyio.to_thread
 from litestar import Litestar, Request, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -22,7 +23,16 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 import zhongtai
-from zhongtai.hooks.manager import PluginRecord
+from zhongtai.hooks.manager import PluginRecord, StartupError
+from zhongtai.identity.audit import audit_request, wants_audit
+from zhongtai.identity.guard import (
+    ACCESS_OPT,
+    PUBLIC,
+    access_guard,
+    iter_route_handlers,
+    provide_access,
+    undeclared_routes,
+)
 from zhongtai.platform import Platform, SchemaPolicy, bootstrap
 from zhongtai.settings import Settings, load_settings
 from zhongtai.web.errors import EXCEPTION_HANDLERS
@@ -86,7 +96,18 @@ class PlatformApp(Litestar):
         )
 
     async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
-        await super().__call__(scope, receive, send)
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await super().__call__(scope, receive, send_status)
+        if wants_audit(scope):
+            platform = self.state["platform"]
+            await anyio.to_thread.run_sync(audit_request, platform, scope, status)
 
 
 def create_app(
@@ -151,7 +172,11 @@ def build_app(platform: Platform) -> Litestar:
 
     app = PlatformApp(
         route_handlers=route_handlers,
-        dependencies={"platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
+            "access": Provide(provide_access, sync_to_thread=False),
+        },
+        guards=[access_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=PlatformRequest,
         request_max_body_size=settings.max_body_size,
@@ -169,7 +194,52 @@ def build_app(platform: Platform) -> Litestar:
     app.state["platform"] = platform
     app.state["metrics"] = Metrics()
     app.state["access_log"] = settings.access_log
+    _check_access_declared(app, platform)
     return app
+
+
+def _check_access_declared(app: Litestar, platform: Platform) -> None:
+    """Every route states its access; a plugin route that does not takes its plugin down.
+
+    The OPTIONS handlers Litestar adds to each path are public on purpose: they
+    answer CORS preflights, which never carry credentials, and reveal only the
+    methods of a path.
+    """
+    for _method, _path, handler in iter_route_handlers(app):
+        module = getattr(getattr(handler, "fn", None), "__module__", "")
+        methods = getattr(handler, "http_methods", None)
+        if module == "litestar.routes.http" and methods == {"OPTIONS"}:
+            handler.opt[ACCESS_OPT] = PUBLIC
+        elif module.startswith(("litestar.openapi", "litestar._openapi")):
+            handler.opt[ACCESS_OPT] = PUBLIC  # the API's description and Swagger UI
+    missing = undeclared_routes(app)
+    if not missing:
+        return
+    core: list[str] = []
+    for route in missing:
+        path = route.split(" ", 1)[1]
+        owner = next(
+            (
+                record
+                for record in platform.plugins.records.values()
+                if not record.builtin
+                and (
+                    path == f"{API_PREFIX}/{record.name}"
+                    or path.startswith(f"{API_PREFIX}/{record.name}/")
+                )
+            ),
+            None,
+        )
+        if owner is None:
+            core.append(route)
+        elif owner.error is None:
+            platform.plugins.unload(
+                owner.name,
+                f"register_routes: {route} states no declared permission"
+                " (opt=requires(...), authenticated() or public())",
+            )
+    if core:
+        raise StartupError(f"core routes state no declared permission: {', '.join(core)}")
 
 
 def _plugin_router(

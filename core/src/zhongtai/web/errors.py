@@ -13,6 +13,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from zhongtai.identity.access import Forbidden, NotFound
 from zhongtai.logs import request_id_var
 
 log = logging.getLogger("zhongtai.web")
@@ -92,7 +93,19 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+def not_found_handler(request: Request[Any, Any, Any], exc: NotFound) -> Response[Any]:
+    # The same answer whether the object is missing or belongs to a project the caller
+    # cannot see: nothing in it may tell the two apart.
+    return problem(404, "not found", instance=request.url.path)
+
+
+def forbidden_handler(request: Request[Any, Any, Any], exc: Forbidden) -> Response[Any]:
+    return problem(403, f"requires the permission {exc}", instance=request.url.path)
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    NotFound: not_found_handler,
+    Forbidden: forbidden_handler,
     HTTPException: http_exception_handler,
     Exception: internal_error_handler,
 }

@@ -1,0 +1,7 @@
+"""Identity API: keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROUTES: list[Any] = []

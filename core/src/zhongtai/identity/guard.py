@@ -1,0 +1,318 @@
+"""Who is calling, and whether the route lets them: the web face of identity.
+
+Every route states its access in its ``opt`` (on the handler, or on its controller or
+router, which Litestar merges down)::
+
+    from zhongtai.identity.guard import AccessDep, public, requires
+
+    @get("/healthz", opt=public())                         # no credentials needed
+    @get("/api/v1/auth/me", opt=authenticated())           # any signed-in caller
+    @get("/api/v1/data/datasets/{id:str}", opt=requires(DATASET_READ))
+    def get_dataset(platform: PlatformDep, access: AccessDep, id: str) -> ...:
+        with platform.db.transaction() as session:
+            dataset = session.get(Dataset, id)
+            # the project comes from the stored object, never from the request
+            access.require(session, project_id=dataset.project_id if dataset else None)
+
+The application-wide :func:`access_guard` runs before every handler: public routes
+pass; every other route needs ``Authorization: Bearer <access token or API key>``
+(401 otherwise) and a site-scope permission needs a superuser (403). A route that
+states nothing is refused (and :func:`undeclared_routes` lets start-up and the tests
+find it first). Checks against one project or organization happen in the handler
+through :class:`Access`, because only the handler knows the stored object; list
+routes filter with :meth:`Access.visible_projects` in SQL.
+
+Only the ``Authorization`` header identifies a caller. Headers such as
+``X-Forwarded-User`` or ``X-User-Id`` are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
+
+import anyio.to_thread
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import Dependency
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from zhongtai.identity import access as rules
+from zhongtai.identity.models import User
+from zhongtai.identity.principal import Principal
+from zhongtai.identity.roles import Permission
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from zhongtai.platform import Platform
+
+ACCESS_OPT = "zt_access"
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+# Where the guard leaves what it learnt, and where handlers leave audit details.
+PRINCIPAL_SCOPE_KEY = "zt_principal"
+AUDIT_SCOPE_KEY = "zt_audit"
+
+__all__ = [
+    "ACCESS_OPT",
+    "AUTHENTICATED",
+    "PUBLIC",
+    "Access",
+    "AccessDep",
+    "Unauthorized",
+    "access_guard",
+    "authenticate",
+    "authenticated",
+    "public",
+    "requires",
+    "undeclared_routes",
+]
+
+
+def public() -> dict[str, Any]:
+    """``opt`` for a route anyone may call (health, login, setup)."""
+    return {ACCESS_OPT: PUBLIC}
+
+
+def authenticated() -> dict[str, Any]:
+    """``opt`` for a route any signed-in caller may call; the handler scopes what it shows."""
+    return {ACCESS_OPT: AUTHENTICATED}
+
+
+def requires(permission: Permission | str) -> dict[str, Any]:
+    """``opt`` for a route guarded by a declared permission (checked by name at start-up)."""
+    name = permission.name if isinstance(permission, Permission) else permission
+    return {ACCESS_OPT: name}
+
+
+class Unauthorized(NotAuthorizedException):
+    """401 with ``WWW-Authenticate: Bearer``; the reason stays in the server's log."""
+
+    def __init__(self, detail: str = "authentication required") -> None:
+        super().__init__(detail=detail, headers={"WWW-Authenticate": 'Bearer realm="zhongtai"'})
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthorized("use Authorization: Bearer <access token or API key>")
+    return credentials.strip()
+
+
+def authenticate(platform: Platform, credentials: str) -> Principal:
+    """The principal a bearer credential stands for: an API key (``zt_…``) or an access token.
+
+    One indexed query either way; the user's active and superuser flags are read from
+    the database on every request, so deactivating a user or revoking a key takes
+    effect at once.
+
+    Raises:
+        Unauthorized: The credential is malformed, unknown, expired or revoked, or its
+            user is inactive (one answer for every reason).
+    """
+    from zhongtai.identity.apikeys import (
+        KEY_PREFIX,
+        InvalidApiKey,
+        principal_for_key,
+        verify_api_key,
+    )
+    from zhongtai.identity.tokens import InvalidToken, verify_access_token
+
+    if credentials.startswith(KEY_PREFIX):
+        try:
+            with platform.db.transaction() as session:
+                key = verify_api_key(session, credentials, secret=platform.secret_key)
+                owner = session.get(User, key.user_id)
+                assert owner is not None  # loaded with the key, inactive owners refused
+                return principal_for_key(key, owner)
+        except InvalidApiKey:
+            raise Unauthorized("invalid API key") from None
+    try:
+        claims = verify_access_token(credentials, secret=platform.secret_key)
+    except InvalidToken:
+        raise Unauthorized("invalid or expired access token") from None
+    with platform.db.transaction() as session:
+        row = session.execute(
+            select(User.is_active, User.is_superuser).where(User.id == claims.user_id)
+        ).first()
+    if row is None or not row[0]:
+        raise Unauthorized("invalid or expired access token")
+    return Principal(user_id=claims.user_id, is_superuser=bool(row[1]))
+
+
+async def access_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Litestar guard on the whole application: authenticate, then check the route's access."""
+    spec = handler.opt.get(ACCESS_OPT)
+    if spec == PUBLIC:
+        return
+    if spec is None:
+        # Start-up refuses such routes; this keeps one added later closed, not open.
+        raise PermissionDeniedException("this route states no permission")
+    platform: Platform = connection.app.state["platform"]
+    credentials = _bearer(connection)
+    if credentials is None:
+        raise Unauthorized()
+    principal = await anyio.to_thread.run_sync(authenticate, platform, credentials)
+    connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
+    if spec != AUTHENTICATED:
+        permission = platform.permissions.get(spec)
+        if permission.scope == "site" and not principal.is_superuser:
+            raise PermissionDeniedException(f"requires {permission.name}")
+
+
+class Access:
+    """The caller of one request and the permission its route states; injected as ``access``."""
+
+    def __init__(self, platform: Platform, scope: Mapping[str, Any], permission: str | None):
+        self.platform = platform
+        self._scope = scope
+        self._permission = permission
+
+    @property
+    def principal(self) -> Principal:
+        principal = self._scope.get(PRINCIPAL_SCOPE_KEY)
+        if principal is None:
+            raise Unauthorized()
+        return principal  # type: ignore[no-any-return]
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self._scope.get(PRINCIPAL_SCOPE_KEY) is not None
+
+    @property
+    def client_addr(self) -> str | None:
+        client = self._scope.get("client")
+        return str(client[0]) if client else None
+
+    def permission(self, permission: Permission | str | None = None) -> Permission:
+        """A declared permission by name; by default the one the route states."""
+        if isinstance(permission, Permission):
+            return permission
+        name = permission or self._permission
+        if name is None or name in (PUBLIC, AUTHENTICATED):
+            raise ValueError("this route states no permission; name the one to check")
+        return self.platform.permissions.get(name)
+
+    def require(
+        self,
+        session: Session,
+        *,
+        project_id: str | None = None,
+        org_id: str | None = None,
+        permission: Permission | str | None = None,
+    ) -> None:
+        """Raise unless the caller holds the permission on this project or organization.
+
+        Pass the project of the stored object (``None`` when the object does not exist:
+        that is a 404 like any other). Raises :class:`~zhongtai.identity.access.NotFound`
+        (404) when the caller cannot even see the target, and
+        :class:`~zhongtai.identity.access.Forbidden` (403) when it can but may not act.
+        """
+        perm = self.permission(permission)
+        entry: dict[str, Any] = self._scope.setdefault(AUDIT_SCOPE_KEY, {})  # type: ignore[attr-defined]
+        if project_id is not None:
+            entry.setdefault("project_id", project_id)
+        if org_id is not None:
+            entry.setdefault("org_id", org_id)
+        if perm.scope == "project" and project_id is None:
+            raise rules.NotFound(None)
+        if perm.scope == "org" and org_id is None:
+            raise rules.NotFound(None)
+        rules.require(session, self.principal, perm, project_id=project_id, org_id=org_id)
+
+    def has(
+        self,
+        session: Session,
+        permission: Permission | str | None = None,
+        *,
+        project_id: str | None = None,
+        org_id: str | None = None,
+    ) -> bool:
+        """Whether the caller holds the permission on one target (never per row of a list)."""
+        return rules.has_permission(
+            session,
+            self.principal,
+            self.permission(permission),
+            project_id=project_id,
+            org_id=org_id,
+        )
+
+    def visible_projects(self, permission: Permission | str | None = None) -> Select[Any]:
+        """``SELECT projects.id`` where the caller holds the permission: filter lists with it."""
+        return rules.visible_project_ids(self.principal, self.permission(permission))
+
+    def audit(
+        self,
+        *,
+        action: str | None = None,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        project_id: str | None = None,
+        org_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        actor_user_id: str | None = None,
+    ) -> None:
+        """Describe this request for its audit row (written when the response is sent).
+
+        Mutating requests are audited without this call; it names the action and the
+        target better than the route template can. Non-mutating routes that must be
+        audited (a failed login is a POST anyway) call it to force a row.
+        """
+        entry: dict[str, Any] = self._scope.setdefault(AUDIT_SCOPE_KEY, {})  # type: ignore[attr-defined]
+        values = {
+            "action": action,
+            "target_kind": target_kind,
+            "target_id": target_id,
+            "project_id": project_id,
+            "org_id": org_id,
+            "actor_user_id": actor_user_id,
+        }
+        entry.update({k: v for k, v in values.items() if v is not None})
+        if detail:
+            entry.setdefault("detail", {}).update(detail)
+
+
+def provide_access(request: Request[Any, Any, Any]) -> Access:
+    """Litestar dependency provider for ``access: AccessDep``."""
+    handler = request.route_handler
+    spec = handler.opt.get(ACCESS_OPT)
+    return Access(request.app.state["platform"], request.scope, spec)
+
+
+AccessDep: TypeAlias = Annotated[Access, Dependency(kind="named")]
+
+
+def iter_route_handlers(app: Litestar) -> Iterator[tuple[str, str, BaseRouteHandler]]:
+    """Every (method, path, handler) the application really routes, OPTIONS and HEAD included."""
+    for route in app.routes:
+        handlers: dict[Any, Any] = getattr(route, "route_handler_map", {}) or {}
+        if handlers:
+            for method, entry in handlers.items():
+                handler = entry[0] if isinstance(entry, tuple) else entry
+                yield str(method), route.path, handler
+        else:
+            for handler in getattr(route, "route_handlers", []):
+                for method in sorted(getattr(handler, "http_methods", None) or {"WS"}):
+                    yield str(method), route.path, handler
+
+
+def undeclared_routes(app: Litestar) -> list[str]:
+    """``"METHOD /path"`` of every route whose access is not stated, or names no permission."""
+    platform: Platform = app.state["platform"]
+    missing = []
+    for method, path, handler in iter_route_handlers(app):
+        spec = handler.opt.get(ACCESS_OPT)
+        if spec in (PUBLIC, AUTHENTICATED):
+            continue
+        if spec is None or spec not in platform.permissions:
+            missing.append(f"{method} {path}")
+    return sorted(set(missing))
