@@ -15,9 +15,11 @@ mkdir -p bench/results
 if [[ "${QUICK:-}" == 1 ]]; then
     startup_args=(--samples 3)
     http_args=(--rounds 1 --duration 3 --seq-requests 500)
+    auth_args=(--rounds 1 --duration 3)
 else
     startup_args=()
     http_args=()
+    auth_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -28,7 +30,10 @@ fi
 "$PY" bench/startup.py "${startup_args[@]}" | tee bench/results/startup.txt
 echo
 "$PY" bench/http_overhead.py "${http_args[@]}" | tee bench/results/http_overhead.txt
+echo
+"$PY" bench/auth_overhead.py "${auth_args[@]}" | tee bench/results/auth_overhead.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
-grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt
+grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
+    bench/results/auth_overhead.txt

@@ -8,11 +8,16 @@ from litestar.testing import TestClient
 
 import zhongtai
 from zhongtai.hooks.manager import PluginLoadError, StartupError
+from zhongtai.identity.guard import public
 from zhongtai.settings import PluginSettings, SettingsError
 
 
 def _plugins(client: TestClient) -> dict[str, dict]:
-    response = client.get("/api/v1/plugins")
+    from zhongtai.testing import ZtIdentity
+
+    identity = ZtIdentity(client.app.state["platform"])
+    headers = identity.headers(identity.user(superuser=True))
+    response = client.get("/api/v1/plugins", headers=headers)
     assert response.status_code == 200
     return {p["name"]: p for p in response.json()["items"]}
 
@@ -63,7 +68,7 @@ def test_plugins_setting_chooses_what_loads(zt_app_factory, zt_settings):
     settings = zt_settings.model_copy(update={"plugins": ["misspelled"]})
     app = zt_app_factory(settings=settings, plugins=None)
     names = set(app.state["platform"].plugins.records)
-    assert names == {"system", "lineage", "misspelled"}
+    assert names == {"system", "lineage", "identity", "misspelled"}
 
 
 def test_table_collision_between_plugins_is_refused_naming_both(zt_app_factory):
@@ -92,7 +97,7 @@ class RoutesRaise:
 class StartupRaises:
     @zhongtai.hookimpl
     def register_routes(self):
-        @get("/ping", sync_to_thread=False)
+        @get("/ping", sync_to_thread=False, opt=public())
         def ping() -> str:
             return "pong"
 
@@ -127,7 +132,7 @@ def test_plugin_whose_startup_raises_is_unloaded_and_its_routes_answer_503(
 class Shadow:
     @zhongtai.hookimpl
     def register_routes(self):
-        @get("/", sync_to_thread=False)
+        @get("/", sync_to_thread=False, opt=public())
         def fake() -> dict:
             return {"items": ["fake"]}
 
@@ -140,7 +145,7 @@ def test_plugin_cannot_shadow_a_core_path(zt_register_plugin, zt_client_factory)
         listing = _plugins(client)
         assert listing["plugins"]["loaded"] is False
         assert "reserved for the core" in listing["plugins"]["error"]
-        assert "fake" not in client.get("/api/v1/plugins").text
+        assert "fake" not in str(listing)
 
 
 def test_plugin_routes_are_mounted_under_their_prefix(zt_register_plugin, zt_client_factory):

@@ -11,7 +11,15 @@ EDGE = {
     "source": {"kind": "data.version", "id": "ds1@1"},
     "target": {"kind": "train.run", "id": "run1"},
     "relation": "used_by",
+    "project": "01nosuchproject",
 }
+
+
+@pytest.fixture
+def zt_client(zt_client, zt_admin_headers):
+    """The test client, signed in as a superuser (these tests are about the web layer)."""
+    zt_client.headers.update(zt_admin_headers)
+    return zt_client
 
 
 def assert_problem(response, status: int) -> dict:
@@ -96,9 +104,15 @@ def test_wrong_method_is_405_with_allow(zt_client):
 def test_body_over_the_limit_is_413(zt_app_factory, zt_settings):
     from litestar.testing import TestClient
 
+    from zhongtai.testing import ZtIdentity
+
     settings = zt_settings.model_copy(update={"max_body_size": 2048})
-    with TestClient(zt_app_factory(settings=settings)) as client:
-        edge = {**EDGE, "project": "p" * 10}
+    app = zt_app_factory(settings=settings)
+    identity = ZtIdentity(app.state["platform"])
+    headers = identity.headers(identity.user(superuser=True))
+    with TestClient(app) as client:
+        client.headers.update(headers)
+        edge = EDGE
         payload = json.dumps(edge).encode() + b" " * 4096
         response = client.post(
             "/api/v1/lineage/edges", content=payload, headers={"content-type": "application/json"}

@@ -1,10 +1,11 @@
-"""Fixtures for the example plugin's tests: running the ``zhongtai`` CLI in-process."""
+"""Fixtures for the example plugin's tests: callers with a role in a project, and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -13,8 +14,48 @@ from zhongtai.cli.main import cli
 
 if TYPE_CHECKING:
     from zhongtai.settings import Settings
+    from zhongtai.testing import ZtIdentity
 
 CliInvoke = Callable[..., Result]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A user holding a role in one project, and the ``Authorization`` header that acts as them."""
+
+    user: Any
+    project: Any
+    headers: dict[str, str]
+
+    @property
+    def project_id(self) -> str:
+        return str(self.project.id)
+
+
+MemberFactory = Callable[..., Member]
+
+
+@pytest.fixture
+def member(zt_identity: ZtIdentity) -> MemberFactory:
+    """``member("viewer", project=None, user=None)``: a user with that role in a project.
+
+    Without ``project``, a new project in a new organization; without ``user``, a new
+    user. The headers carry a fresh access token of the test's app.
+    """
+
+    def make(role: str = "developer", *, project: Any = None, user: Any = None) -> Member:
+        user = user if user is not None else zt_identity.user()
+        project = project if project is not None else zt_identity.project(zt_identity.org())
+        zt_identity.member(user, project, role)
+        return Member(user=user, project=project, headers=zt_identity.headers(user))
+
+    return make
+
+
+@pytest.fixture
+def developer(member: MemberFactory) -> Member:
+    """A developer of a project of their own: may read and create greetings there."""
+    return member("developer")
 
 
 @pytest.fixture

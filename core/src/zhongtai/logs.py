@@ -12,6 +12,16 @@ same format (JSON or text) as every other line. It steps aside, and
 :func:`log_access` falls back to an ordinary ``logging`` call, whenever someone has
 changed the logging set-up it relies on (another handler on the root logger, a
 handler or filter on ``zhongtai.access``…), so such a set-up still sees every line.
+
+Secrets are masked on the way out. :class:`MaskSecretsFilter`, on zhongtai's handler,
+rewrites every record it passes (message, extra fields, exception and stack text)
+with :func:`mask_secrets`: API keys keep their public ``zt_<prefix>_``, JWTs,
+``Bearer``/``Basic`` credentials, values of ``password=``, ``"token": "…"``,
+``client_secret: …`` and the like, and passwords in ``scheme://user:pass@host`` URLs
+become ``********``. A message without any tell-tale substring costs a few substring
+tests; only the others go through the one precompiled regex. The access line holds
+the method, the path without its query string (``?token=…`` never reaches it) and the
+status; a path that looks like it carries a key or a JWT is masked too.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +70,156 @@ class _AccessLine(msgspec.Struct, omit_defaults=True):
     request_id: str | None = None  # left out when None, as JsonFormatter does
 
 
+MASK = "********"
+
+# The keys whose value is a secret: the name ends with one of these words
+# ("refresh_token", "ZHONGTAI_SECRET_KEY", "db_password"), not merely contains one
+# ("max_tokens", "tokenizer" and "token_type" are left alone).
+_MASKED_NAMES = (
+    r"(?:passw(?:or)?d|passphrase|pwd|secret(?:[_-]?(?:access[_-]?)?key)?|token"
+    r"|api[_-]?key|access[_-]?key|private[_-]?key|authorization|credentials?)"
+    r"(?![A-Za-z0-9_])"
+)
+_SECRET_NAME = re.compile(_MASKED_NAMES, re.IGNORECASE)
+# What follows "Bearer ": a JWT, an API key, base64 (not "<token>" in a usage hint).
+_CREDENTIAL = r"[A-Za-z0-9._~+/=:_-]{8,}"
+_SECRETS = re.compile(
+    # "Bearer <credential>" / "Basic <credential>"
+    r"(?P<scheme>\b(?i:bearer|basic)[ \t]+)(?P<cred>" + _CREDENTIAL + ")"
+    # name=value, name: value, "name": "value", 'name': 'value' (and JSON escaped once)
+    r"|(?P<name>(?i:" + _MASKED_NAMES + r")\\?[\"']?[ \t]*[:=][ \t]*)"
+    r"(?P<value>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
+    r"|\\\"(?:[^\"\\\n]|\\[^\"])*\\\""
+    r"|(?i:bearer|basic)[ \t]+" + _CREDENTIAL + r"|(?!(?i:bearer|basic)[ \t])"
+    r"[\"']?[^\s&,;\"'}\])]+)"
+    # a JWT: base64url header and payload, both JSON objects ("eyJ" is '{"')
+    r"|(?P<jwt>\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"
+    # an API key: zt_<prefix>_<secret>
+    r"|(?<![A-Za-z0-9])(?P<key>zt_[a-z0-9]{8,12}_)[A-Za-z0-9_-]{20,}"
+    # scheme://user:password@host (a bounded scheme keeps the scan linear)
+    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/@]*:)[^\s/]*@"
+)
+_KEY_START = re.compile(r"zt_[a-z0-9]{8,12}_")
+# Lower-case substrings, one of which every match above contains: a message without
+# any of them skips the regex.
+_TELLTALES = (
+    "zt_",
+    "eyj",
+    "://",
+    "bearer",
+    "basic",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "authorization",
+    "credential",
+)
+
+
+def _masked_credential(credential: str) -> str:
+    key = _KEY_START.match(credential)
+    # An API key keeps zt_<prefix>_: the prefix is public and names the key.
+    return key.group() + MASK if key else MASK
+
+
+def _replace(match: re.Match[str]) -> str:
+    if match.group("scheme"):
+        return match.group("scheme") + _masked_credential(match.group("cred"))
+    name = match.group("name")
+    if name:
+        value = match.group("value")
+        if value.startswith('\\"'):
+            return name + '\\"' + MASK + '\\"'
+        if value[0] in "\"'":
+            return name + value[0] + MASK + value[0]
+        parts = value.split(None, 1)
+        if len(parts) == 2:  # "Authorization: Bearer <credential>"
+            return name + parts[0] + " " + _masked_credential(parts[1])
+        return name + MASK
+    if match.group("jwt"):
+        return MASK
+    if match.group("key"):
+        return match.group("key") + MASK
+    return match.group("url") + MASK + "@"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with passwords, tokens, API keys and URL passwords replaced by ``********``.
+
+    Returns ``text`` itself (the same object) when there is nothing to mask.
+    """
+    low = text.lower()
+    for telltale in _TELLTALES:
+        if telltale in low:
+            masked = _SECRETS.sub(_replace, text)
+            return text if masked == text else masked
+    return text
+
+
+def _mask_value(name: str, value: Any, depth: int = 0) -> Any:
+    """An extra field's value, masked: all of it under a secret's name, else its secrets."""
+    if value is None:
+        return value
+    if name and _SECRET_NAME.search(name):
+        return MASK
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return MASK  # deeper than any extra field needs; don't walk cycles
+    # Unchanged values come back as the very same object, so "is" tells what changed.
+    if isinstance(value, Mapping):
+        pairs = [(k, v, _mask_value(str(k), v, depth + 1)) for k, v in value.items()]
+        if all(new is old for _, old, new in pairs):
+            return value
+        return {k: new for k, _, new in pairs}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [(old, _mask_value("", old, depth + 1)) for old in value]
+        if all(new is old for old, new in items):
+            return value
+        return [new for _, new in items]
+    text = str(value)
+    masked = mask_secrets(text)
+    return value if masked is text else masked
+
+
+_exception_formatter = logging.Formatter()
+_NOT_EXTRA = frozenset({"request_id", "rid"})
+
+
+class MaskSecretsFilter(logging.Filter):
+    """Mask secrets in a record's message, extra fields, exception and stack text.
+
+    The record is rewritten in place (only where something was masked), so every
+    handler after this one sees the masked values too. Never refuses a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-arguments: let the formatter report it as logging does
+            return True
+        masked = mask_secrets(message)
+        if masked is not message:
+            record.msg, record.args = masked, None
+        for name, value in list(vars(record).items()):
+            if name in _STANDARD or name in _NOT_EXTRA:
+                continue
+            cleaned = _mask_value(name, value)
+            if cleaned is not value:
+                setattr(record, name, cleaned)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _exception_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
@@ -77,8 +239,12 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None:
                 data[key] = value
-        if record.exc_info:
-            data["exc_info"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # cached, and masked by MaskSecretsFilter
+            data["exc_info"] = record.exc_text
+        if record.stack_info:
+            data["stack_info"] = record.stack_info
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
@@ -229,9 +395,14 @@ def log_access(
     route: str,
     request_id: str | None,
 ) -> None:
-    """Log one HTTP exchange: INFO on ``zhongtai.access``, ``"GET /path 200"``."""
+    """Log one HTTP exchange: INFO on ``zhongtai.access``, ``"GET /path 200"``.
+
+    ``path`` is the request path without its query string.
+    """
     if not _access.isEnabledFor(logging.INFO):
         return
+    if "zt_" in path or "eyJ" in path:  # a key or a token pasted into the path
+        path = mask_secrets(path)
     writer = _access_log
     if writer is not None and writer.applies():
         line = writer.line(method, path, status, duration_ms, route, request_id)
@@ -264,6 +435,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(MaskSecretsFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         if getattr(existing, "_zhongtai", False):

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     access_log: bool = True
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are trusted (default: none; the socket address is the client).",
+    )
     max_body_size: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_page_size: int = Field(default=500, ge=1, le=10_000)
     default_page_size: int = Field(default=50, ge=1)

@@ -145,8 +145,12 @@ def serve(host: str | None, port: int | None, workers: int | None, reload: bool)
         "http": "httptools",  # keeps TCP_NODELAY on keep-alive connections
         "log_config": None,
         "access_log": False,
-        "proxy_headers": False,
+        # Client addresses (audit log, login throttling) come from the socket unless
+        # the operator names the proxies whose X-Forwarded-For may be believed.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
     }
+    if settings.forwarded_allow_ips:
+        options["forwarded_allow_ips"] = settings.forwarded_allow_ips
     with operator_errors():
         platform = bootstrap(settings)  # validates everything and migrates, once
     click.echo(f"zhongtai: serving on http://{host}:{port} (database: {platform.db.display_url})")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from zhongtai.identity.models import Organization, OrgMember, Project, ProjectMember, User
@@ -102,7 +102,7 @@ def _nothing() -> Select[str]:
     return select(Project.id).where(false())
 
 
-def _key_admits(principal: Principal, permission: Permission, project_id: str | None) -> bool:
+def key_admits(principal: Principal, permission: Permission, project_id: str | None) -> bool:
     """Whether the API key's own scope (if any) admits ``permission`` here."""
     if principal.key_project_id is not None and (
         permission.scope != "project" or project_id != principal.key_project_id
@@ -116,11 +116,11 @@ def visible_project_ids(principal: Principal, permission: Permission) -> Select[
 
     List endpoints filter with it, e.g.
     ``select(Dataset).where(Dataset.project_id.in_(visible_project_ids(p, DATASET_READ)))``,
-    and never check rows one by one. The query LEFT JOINs the user's project and
-    organization memberships onto ``projects`` and keeps rows where
-    ``COALESCE(pm.role, om.role) >= :min_role``; with the unique
-    ``(project_id, user_id)`` and ``(org_id, user_id)`` indexes each project costs an
-    index lookup, so 10,000 projects stay well under a second on SQLite.
+    and never check rows one by one. The query starts from the user's memberships
+    (project memberships with a high enough role, UNION ALL the projects of
+    organizations where the organization role is high enough and no project
+    membership overrides it), so it costs what the user belongs to, not the number
+    of projects: 100 visible of 10,000 is a fraction of a millisecond on SQLite.
 
     Args:
         principal: Who asks.
@@ -139,20 +139,41 @@ def visible_project_ids(principal: Principal, permission: Permission) -> Select[
         return _nothing()
 
     uid = principal.user_id
-    stmt = select(Project.id).join(User, _active_user(uid))
-    if not principal.is_superuser:
-        om = aliased(OrgMember)
-        org_join = and_(om.org_id == Project.org_id, om.user_id == uid)
-        if permission.scope == "org":
-            # The organization role alone decides: project memberships don't reach it.
-            stmt = stmt.join(om, org_join).where(om.role >= int(permission.min_role))
-        else:
-            pm = aliased(ProjectMember)
-            stmt = (
-                stmt.outerjoin(pm, and_(pm.project_id == Project.id, pm.user_id == uid))
-                .outerjoin(om, org_join)
-                .where(func.coalesce(pm.role, om.role) >= int(permission.min_role))
+    active = select(User.id).where(_active_user(uid)).exists()
+    min_role = int(permission.min_role)
+    if principal.is_superuser:
+        stmt = select(Project.id).where(active)
+    elif permission.scope == "org":
+        # The organization role alone decides: project memberships don't reach it.
+        stmt = (
+            select(Project.id)
+            .join(OrgMember, OrgMember.org_id == Project.org_id)
+            .where(OrgMember.user_id == uid, OrgMember.role >= min_role, active)
+        )
+    else:
+        # Start from the user's memberships, not from every project: the
+        # (user_id) indexes make this cost what the user belongs to, whatever the
+        # number of projects. Same rule as COALESCE(pm.role, om.role) >= min_role:
+        # a project membership decides where there is one (also downwards), the
+        # organization role everywhere else.
+        own = aliased(ProjectMember)
+        direct = select(ProjectMember.project_id.label("id")).where(
+            ProjectMember.user_id == uid, ProjectMember.role >= min_role
+        )
+        through_org = (
+            select(Project.id.label("id"))
+            .join(OrgMember, OrgMember.org_id == Project.org_id)
+            .where(
+                OrgMember.user_id == uid,
+                OrgMember.role >= min_role,
+                ~select(own.id).where(own.project_id == Project.id, own.user_id == uid).exists(),
             )
+        )
+        ids = union_all(direct, through_org).subquery()
+        stmt = select(ids.c.id).where(active)
+        if principal.key_project_id is not None:
+            stmt = stmt.where(ids.c.id == principal.key_project_id)
+        return stmt
     if principal.key_project_id is not None:
         stmt = stmt.where(Project.id == principal.key_project_id)
     return stmt
@@ -241,7 +262,7 @@ def has_permission(
         ValueError: The target the permission's scope needs is missing.
     """
     project_id, org_id = _target(permission, project_id, org_id)
-    if not _key_admits(principal, permission, project_id):
+    if not key_admits(principal, permission, project_id):
         return False
     if permission.scope == "site":
         return principal.is_superuser and _user_is_active(session, principal.user_id)
@@ -301,9 +322,9 @@ def require(
     # Reading ignores the key's permission subset (see the module docstring) but not
     # its project: a key for project A must not learn that project B exists.
     reader = dataclasses.replace(principal, key_permissions=None)
-    if not (found and _key_admits(reader, read, project_id) and _role_admits(reader, read, role)):
+    if not (found and key_admits(reader, read, project_id) and _role_admits(reader, read, role)):
         raise NotFound(project_id or org_id)
     if not (
-        _key_admits(principal, permission, project_id) and _role_admits(principal, permission, role)
+        key_admits(principal, permission, project_id) and _role_admits(principal, permission, role)
     ):
         raise Forbidden(permission.name)

@@ -101,9 +101,12 @@ def audit_request(platform: Platform, scope: Mapping[str, Any], status: int) -> 
 
     A failure to write is logged, never raised: the response has already been sent.
     """
-    from zhongtai.identity.guard import AUDIT_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
+    from zhongtai.identity.guard import AUDIT_CONTEXT_KEY, AUDIT_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 
-    entry: dict[str, Any] = dict(scope.get(AUDIT_SCOPE_KEY) or {})
+    entry: dict[str, Any] = {
+        **(scope.get(AUDIT_CONTEXT_KEY) or {}),
+        **(scope.get(AUDIT_SCOPE_KEY) or {}),
+    }
     principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
     method = str(scope.get("method", ""))
     template = scope.get("path_template") or scope.get("path", "")

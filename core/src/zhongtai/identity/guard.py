@@ -55,7 +55,8 @@ PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 # Where the guard leaves what it learnt, and where handlers leave audit details.
 PRINCIPAL_SCOPE_KEY = "zt_principal"
-AUDIT_SCOPE_KEY = "zt_audit"
+AUDIT_SCOPE_KEY = "zt_audit"  # present: the request gets an audit row
+AUDIT_CONTEXT_KEY = "zt_audit_context"  # what require() learnt: used only if there is a row
 
 __all__ = [
     "ACCESS_OPT",
@@ -164,8 +165,13 @@ async def access_guard(
     principal = await anyio.to_thread.run_sync(authenticate, platform, credentials)
     connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
     if spec != AUTHENTICATED:
+        if spec not in platform.permissions:
+            # Start-up unloads a plugin whose route names an undeclared permission.
+            raise PermissionDeniedException(f"this route names an undeclared permission {spec!r}")
         permission = platform.permissions.get(spec)
-        if permission.scope == "site" and not principal.is_superuser:
+        if permission.scope == "site" and not (
+            principal.is_superuser and rules.key_admits(principal, permission, None)
+        ):
             raise PermissionDeniedException(f"requires {permission.name}")
 
 
@@ -218,11 +224,12 @@ class Access:
         :class:`~zhongtai.identity.access.Forbidden` (403) when it can but may not act.
         """
         perm = self.permission(permission)
-        entry: dict[str, Any] = self._scope.setdefault(AUDIT_SCOPE_KEY, {})  # type: ignore[attr-defined]
+        # Context for the audit row, if the request gets one (a read does not).
+        context: dict[str, Any] = self._scope.setdefault(AUDIT_CONTEXT_KEY, {})  # type: ignore[attr-defined]
         if project_id is not None:
-            entry.setdefault("project_id", project_id)
+            context.setdefault("project_id", project_id)
         if org_id is not None:
-            entry.setdefault("org_id", org_id)
+            context.setdefault("org_id", org_id)
         if perm.scope == "project" and project_id is None:
             raise rules.NotFound(None)
         if perm.scope == "org" and org_id is None:

@@ -1,15 +1,22 @@
 """Identity as a built-in plugin: its routes go in through the same hook as any plugin's.
 
 The core's permissions are declared in :mod:`zhongtai.identity.permissions` and added
-to every registry first, so this plugin does not return them again.
+to every registry first, so this plugin does not return them again. It also adds
+``zhongtai users`` to the command line and, on a server with no user yet, prints the
+first-run setup link at start-up.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zhongtai
 from zhongtai.identity.api import audit, auth, keys, orgs, projects, users
+
+if TYPE_CHECKING:
+    import click
+
+    from zhongtai.platform import Platform
 
 
 @zhongtai.hookimpl
@@ -22,3 +29,25 @@ def register_routes() -> list[Any]:
         *users.ROUTES,
         *audit.ROUTES,
     ]
+
+
+@zhongtai.hookimpl
+def register_commands() -> list[click.Command]:
+    """Add ``zhongtai users create|list``."""
+    from zhongtai.identity.cli import users as users_group
+
+    return [users_group]
+
+
+@zhongtai.hookimpl
+def startup(platform: Platform) -> None:
+    """Print the setup link when no user exists (one query; a failure is only logged).
+
+    A broken check must not unload identity, which every route relies on.
+    """
+    import logging
+
+    try:
+        auth.announce_setup(platform)
+    except Exception:
+        logging.getLogger("zhongtai.identity").exception("could not check for a first user")

@@ -157,7 +157,11 @@ def build_app(platform: Platform) -> Litestar:
             contributed.append((record, routes))
 
     core_paths = {p for item in core for p in _paths(item)}
-    route_handlers: list[ControllerRouterHandler] = list(core)
+    # One Router for all of the core's routes, so Litestar registers each path's
+    # handlers together. Registered one by one at the app, a path's earlier
+    # ``sync_to_thread`` handlers are wrapped again for every later one (and its
+    # OPTIONS answer lists only the last method): litestar-org/litestar#4738.
+    route_handlers: list[ControllerRouterHandler] = [Router(path="/", route_handlers=core)]
     for record, routes in contributed:
         router = _plugin_router(record, routes, core_paths, platform)
         if router is not None:

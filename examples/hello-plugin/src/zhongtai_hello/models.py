@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from zhongtai.hooks.events import Event, emit, utcnow
@@ -27,6 +27,11 @@ class Greeting(Base):
 
     # Time-ordered ids: zhongtai.web.pagination pages by id.
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # Every greeting belongs to a project: permissions are checked against it, and
+    # deleting the project deletes its greetings.
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(NAME_MAX))
     message: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -41,13 +46,14 @@ class GreetingCreated(Event):
     person: str
 
 
-def create_greeting(session: Session, name: str, message: str) -> Greeting:
-    """Add a greeting in the caller's transaction and record its event.
+def create_greeting(session: Session, project_id: str, name: str, message: str) -> Greeting:
+    """Add a greeting to a project in the caller's transaction and record its event.
 
+    The caller checks that the project exists and that whoever asks may write there.
     The event is delivered only if the caller's transaction commits.
     """
-    greeting = Greeting(name=name, message=message)
+    greeting = Greeting(project_id=project_id, name=name, message=message)
     session.add(greeting)
     session.flush()  # assigns the id the event carries
-    emit(session, GreetingCreated(greeting_id=greeting.id, person=name))
+    emit(session, GreetingCreated(project=project_id, greeting_id=greeting.id, person=name))
     return greeting

@@ -16,6 +16,7 @@ from zhongtai.hooks.events import utcnow
 # Imported here, not lazily: the core checks the plugin's table names (and Alembic's
 # autogenerate sees its models) as soon as this module is loaded.
 from zhongtai_hello import models  # noqa: F401
+from zhongtai_hello.permissions import PERMISSIONS
 from zhongtai_hello.settings import HelloSettings
 from zhongtai_hello.state import stats_of
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
     from zhongtai.hooks.events import Event
+    from zhongtai.identity.roles import Permission
     from zhongtai.platform import Platform
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
@@ -42,6 +44,12 @@ def register_routes() -> list[ControllerRouterHandler]:
     from zhongtai_hello.routes import GreetingController, stats
 
     return [GreetingController, stats]
+
+
+@zhongtai.hookimpl
+def register_permissions() -> list[Permission]:
+    """``hello.greeting.read`` (viewers and up) and ``hello.greeting.write`` (developers)."""
+    return PERMISSIONS
 
 
 @zhongtai.hookimpl
