@@ -192,6 +192,9 @@ def test_openapi_and_docs_are_served(zt_client):
     spec = zt_client.get("/api/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     assert "/api/v1/lineage" in spec["paths"]
+    # "Authorize" in the docs page takes a bearer token (access token or API key).
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["security"] == [{"bearer": []}]
     docs = zt_client.get("/api/docs")
     assert docs.status_code == 200
     assert "text/html" in docs.headers["content-type"]

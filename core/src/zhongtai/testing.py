@@ -23,6 +23,7 @@ its own PostgreSQL database, created before the test and dropped after it.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -185,6 +186,14 @@ def zt_client_factory(
     return factory
 
 
+@functools.cache
+def _default_hash() -> str:
+    """One argon2 hash of the default password, shared by every test user (~50 ms each)."""
+    from zhongtai.identity.passwords import hash_password
+
+    return hash_password(ZtIdentity.DEFAULT_PASSWORD)
+
+
 class ZtIdentity:
     """Make users, organizations, projects, memberships and credentials in a test's platform.
 
@@ -219,7 +228,7 @@ class ZtIdentity:
             user = User(
                 email=(email or f"{self._next('user')}@example.com").lower(),
                 display_name=display_name,
-                password_hash=hash_password(password or self.DEFAULT_PASSWORD),
+                password_hash=hash_password(password) if password else _default_hash(),
                 is_superuser=superuser,
                 is_active=active,
             )

@@ -170,7 +170,9 @@ def test_login_is_audited_without_the_password(zt_client, zt_identity, zt_platfo
     assert login(zt_client, "stranger@example.com", "whatever123").status_code == 401
     rows = audit_rows(zt_platform, "auth.login")
     assert [r.outcome for r in rows] == ["denied", "success", "denied"]
-    assert rows[0].actor_user_id == user.id
+    # A failed attempt names the account as its target, never as the actor.
+    assert rows[0].actor_user_id is None
+    assert (rows[0].target_kind, rows[0].target_id) == ("user", user.id)
     assert rows[1].actor_user_id == user.id
     assert rows[2].actor_user_id is None
     assert rows[2].detail["email"] == "stranger@example.com"

@@ -138,6 +138,8 @@ def serve(host: str | None, port: int | None, workers: int | None, reload: bool)
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
+    # Links the server prints (the setup link) name the address it really listens on.
+    settings = settings.model_copy(update={"host": host, "port": port})
     options: dict[str, Any] = {
         "host": host,
         "port": port,

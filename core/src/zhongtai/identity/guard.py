@@ -28,6 +28,7 @@ Only the ``Authorization`` header identifies a caller. Headers such as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
     from zhongtai.platform import Platform
+
+log = logging.getLogger("zhongtai.identity")
 
 ACCESS_OPT = "zt_access"
 PUBLIC = "public"
@@ -93,7 +96,9 @@ def requires(permission: Permission | str) -> dict[str, Any]:
 class Unauthorized(NotAuthorizedException):
     """401 with ``WWW-Authenticate: Bearer``; the reason stays in the server's log."""
 
-    def __init__(self, detail: str = "authentication required") -> None:
+    def __init__(self, detail: str = "authentication required", reason: str | None = None) -> None:
+        if reason:
+            log.info("credentials refused: %s", reason)
         super().__init__(detail=detail, headers={"WWW-Authenticate": 'Bearer realm="zhongtai"'})
 
 
@@ -133,18 +138,18 @@ def authenticate(platform: Platform, credentials: str) -> Principal:
                 owner = session.get(User, key.user_id)
                 assert owner is not None  # loaded with the key, inactive owners refused
                 return principal_for_key(key, owner)
-        except InvalidApiKey:
-            raise Unauthorized("invalid API key") from None
+        except InvalidApiKey as exc:
+            raise Unauthorized("invalid API key", reason=str(exc)) from None
     try:
         claims = verify_access_token(credentials, secret=platform.secret_key)
-    except InvalidToken:
-        raise Unauthorized("invalid or expired access token") from None
+    except InvalidToken as exc:
+        raise Unauthorized("invalid or expired access token", reason=str(exc)) from None
     with platform.db.transaction() as session:
         row = session.execute(
             select(User.is_active, User.is_superuser).where(User.id == claims.user_id)
         ).first()
     if row is None or not row[0]:
-        raise Unauthorized("invalid or expired access token")
+        raise Unauthorized("invalid or expired access token", reason="user unknown or inactive")
     return Principal(user_id=claims.user_id, is_superuser=bool(row[1]))
 
 

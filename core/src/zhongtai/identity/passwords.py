@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-# A valid hash of a random password: verifying against it when the account does not
-# exist costs the same time as a real check, so unknown emails are not told apart.
-_DUMMY = _hasher.hash("zhongtai-timing-equaliser")
+
+
+@functools.cache
+def _dummy() -> str:
+    """A valid hash of a fixed password, made on first use (hashing costs ~50 ms).
+
+    Verifying against it when the account does not exist costs the same time as a
+    real check, so unknown emails are not told apart from wrong passwords.
+    """
+    return _hasher.hash("zhongtai-timing-equaliser")
 
 
 def hash_password(password: str) -> str:
@@ -18,7 +27,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored: str | None, password: str) -> bool:
     """Check ``password`` against ``stored`` (None: no such user, still spends the time)."""
     try:
-        return _hasher.verify(stored or _DUMMY, password) and stored is not None
+        return _hasher.verify(stored or _dummy(), password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -51,3 +51,19 @@ def startup(platform: Platform) -> None:
         auth.announce_setup(platform)
     except Exception:
         logging.getLogger("zhongtai.identity").exception("could not check for a first user")
+    try:
+        _purge_login_throttle(platform)
+    except Exception:
+        logging.getLogger("zhongtai.identity").exception("could not purge the login throttle")
+
+
+def _purge_login_throttle(platform: Platform) -> None:
+    """Forget failed-login counts whose window and lock are over (one DELETE)."""
+    from datetime import timedelta
+
+    from zhongtai.hooks.events import utcnow
+    from zhongtai.identity import throttle
+
+    window = timedelta(seconds=platform.settings.identity.login_window)
+    with platform.db.transaction() as session:
+        throttle.purge(session, now=utcnow(), window=window)

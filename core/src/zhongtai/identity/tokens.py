@@ -21,7 +21,6 @@ import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 
-import jwt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -124,6 +123,8 @@ def issue_access_token(
         "jti": new_id(),
         "typ": ACCESS_TOKEN_TYPE,
     }
+    import jwt  # lazily: PyJWT imports cryptography (~0.1 s), paid on first use, not at start
+
     return jwt.encode(payload, secret, algorithm=_ALGORITHMS[0])
 
 
@@ -152,6 +153,8 @@ def verify_access_token(
     """
     if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed token")
+    import jwt
+
     try:
         claims = jwt.decode(
             token,

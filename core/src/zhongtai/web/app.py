@@ -20,6 +20,7 @@ from litestar.exceptions import ClientException, ServiceUnavailableException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 import zhongtai
@@ -189,6 +190,17 @@ def build_app(platform: Platform) -> Litestar:
             version=zhongtai.__version__,
             path="/api",
             render_plugins=[SwaggerRenderPlugin(path="/docs")],
+            # "Authorize" in /api/docs takes an access token or an API key.
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="An access token (from /api/v1/auth/login) or an API key.",
+                    )
+                }
+            ),
+            security=[{"bearer": []}],
         ),
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],

@@ -282,10 +282,12 @@ def login(platform: PlatformDep, access: AccessDep, data: JSONBody[LoginIn]) -> 
     # Always spend the argon2 time, whether or not the account exists.
     valid = verify_password(stored, data.password)
     if row is not None:
-        access.audit(actor_user_id=row.id, target_kind="user", target_id=row.id)
+        access.audit(target_kind="user", target_id=row.id)
     if not valid or row is None or not row.is_active:
+        # The account is the target; whoever typed the password is not known.
         _record_failure(platform, keys)
         raise Unauthorized(_LOGIN_FAILED)
+    access.audit(actor_user_id=row.id)
     assert stored is not None
     rehashed = hash_password(data.password) if needs_rehash(stored) else None
     with platform.db.transaction() as session:

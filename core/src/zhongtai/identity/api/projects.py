@@ -41,8 +41,9 @@ from sqlalchemy.orm import Session, aliased
 
 from zhongtai.identity.access import org_role, project_role
 from zhongtai.identity.api.orgs import (
+    MemberIn,
     PathRef,
-    RoleName,
+    RolePatch,
     Slug,
     add_unique,
     check_grant,
@@ -263,22 +264,6 @@ def delete_project(platform: PlatformDep, access: AccessDep, project: PathRef) -
 
 
 # --------------------------------------------------------------------------- members
-
-
-class MemberIn(BaseModel):
-    """A member to add: exactly one of ``user_id`` and ``email``, and a role name."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    user_id: str | None = Field(default=None, min_length=1, max_length=32)
-    email: str | None = Field(default=None, min_length=3, max_length=320)
-    role: RoleName
-
-
-class RolePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    role: RoleName
 
 
 def _member_dict(user: User, project_value: int | None, org_value: int | None) -> dict[str, Any]:
