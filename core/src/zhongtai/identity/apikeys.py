@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Connection, String, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import utcnow
@@ -35,10 +35,12 @@ __all__ = [
     "ApiKeyNotFound",
     "InvalidApiKey",
     "create_api_key",
+    "lookup_api_key",
     "parse_api_key",
     "principal_for_key",
     "revoke_api_key",
     "rotate_api_key",
+    "touch_api_key",
     "verify_api_key",
 ]
 
@@ -284,6 +286,84 @@ def rotate_api_key(
     key.last_used_at = None
     session.flush()
     return key, plaintext
+
+
+# Built once: constructing the statement per request costs more than running it.
+_LOOKUP = (
+    select(
+        ApiKey.id,
+        ApiKey.user_id,
+        ApiKey.key_hash,
+        ApiKey.project_id,
+        ApiKey.permissions,
+        ApiKey.expires_at,
+        ApiKey.revoked_at,
+        ApiKey.last_used_at,
+        User.is_active,
+        User.is_superuser,
+    )
+    .join(User, User.id == ApiKey.user_id)
+    .where(ApiKey.prefix == bindparam("prefix", type_=String))
+)
+
+
+def lookup_api_key(
+    connection: Connection, presented: str, *, secret: str, now: datetime | None = None
+) -> tuple[Principal, bool]:
+    """The principal a presented key acts as, read with one Core query (the per-request path).
+
+    Same checks as :func:`verify_api_key`, without loading ORM objects or writing.
+
+    Returns:
+        ``(principal, stale)``; ``stale`` is True when ``last_used_at`` is older than
+        :data:`LAST_USED_RESOLUTION` and the caller should :func:`touch_api_key`.
+
+    Raises:
+        InvalidApiKey: Malformed, unknown, wrong secret, revoked, expired, or the
+            owner is inactive.
+    """
+    parsed = parse_api_key(presented)
+    if parsed is None:
+        raise InvalidApiKey("malformed API key")
+    prefix, full_key = parsed
+    row = connection.execute(_LOOKUP, {"prefix": prefix}).first()
+    if row is None:
+        raise InvalidApiKey("unknown API key")
+    (key_id, user_id, key_hash, project_id, perms, expires_at, revoked_at, last_used) = row[:8]
+    active, superuser = row[8], row[9]
+    if not hmac.compare_digest(hmac_hex(secret, full_key), key_hash):
+        raise InvalidApiKey("wrong API key secret")
+    current = now or utcnow()
+    if revoked_at is not None:
+        raise InvalidApiKey("API key revoked")
+    if expires_at is not None and expires_at <= current:
+        raise InvalidApiKey("API key expired")
+    if not active:
+        raise InvalidApiKey("API key owner inactive")
+    principal = Principal(
+        user_id=user_id,
+        is_superuser=bool(superuser),
+        api_key_id=key_id,
+        key_project_id=project_id,
+        key_permissions=frozenset(perms) if perms is not None else None,
+    )
+    return principal, last_used is None or current - last_used >= LAST_USED_RESOLUTION
+
+
+def touch_api_key(connection: Connection, key_id: str, *, now: datetime | None = None) -> None:
+    """Record that a key was used (advisory; at most once per :data:`LAST_USED_RESOLUTION`)."""
+    current = now or utcnow()
+    connection.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .where(
+            or_(
+                ApiKey.last_used_at.is_(None),
+                ApiKey.last_used_at <= current - LAST_USED_RESOLUTION,
+            )
+        )
+        .values(last_used_at=current)
+    )
 
 
 def principal_for_key(key: ApiKey, user: User) -> Principal:

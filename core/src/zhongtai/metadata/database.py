@@ -52,7 +52,7 @@ class Database:
     def __init__(self, url: str, *, event_sink: EventSink | None = None) -> None:
         self.url = normalize_url(url)
         self.dialect = self.url.get_backend_name()
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             if self.url.database and self.url.database != ":memory:":
                 from pathlib import Path
@@ -65,8 +65,12 @@ class Database:
                         f"cannot create the database folder {folder}: {exc.strerror}"
                     ) from None
             kwargs["connect_args"] = {"check_same_thread": False}
+            # Enough pooled connections for the worker threads: an overflow connection
+            # is opened and closed per use, paying the pragmas and a cold page cache.
+            # No pre-ping: a local file does not drop connections.
+            kwargs.update(pool_size=40, max_overflow=10)
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
+            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10, pool_pre_ping=True)
             kwargs["connect_args"] = {"connect_timeout": 5}
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
