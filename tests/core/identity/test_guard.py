@@ -83,3 +83,32 @@ def test_a_route_naming_an_undeclared_permission_is_refused_not_a_500(zt_app, zt
         response = client.get("/api/v1/plugins", headers=headers)
     assert response.status_code == 403
     assert "undeclared permission" in response.json()["detail"]
+
+
+def test_unknown_email_spends_the_same_password_check_as_a_wrong_password(
+    zt_client, zt_identity, monkeypatch
+) -> None:
+    """Both run one argon2 verification (against a dummy hash when there is no account),
+    so response time does not tell which emails are registered."""
+    from zhongtai.identity import passwords
+
+    zt_identity.user("known@example.com")
+    checked: list[str] = []
+    real = passwords._hasher
+
+    class Counting:
+        def verify(self, stored: str, password: str) -> bool:
+            checked.append(stored)
+            return real.verify(stored, password)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    monkeypatch.setattr(passwords, "_hasher", Counting())
+    for email in ("known@example.com", "nobody@example.com"):
+        response = zt_client.post(
+            "/api/v1/auth/login", json={"email": email, "password": "wrong password 1"}
+        )
+        assert response.status_code == 401
+    assert len(checked) == 2
+    assert all(stored.startswith("$argon2id$") for stored in checked)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from litestar import Litestar, get, post, route
+from litestar import Litestar, Router, get, post, route
 from litestar.testing import TestClient
 
 import zhongtai
@@ -92,6 +92,37 @@ class Undeclared:
             return None
 
         return [ok, head_only]
+
+
+class OwnBeforeRequest:
+    """Litestar runs only the closest before_request: this one would replace the check."""
+
+    @zhongtai.hookimpl
+    def register_routes(self) -> list[Any]:
+        async def skip(request: Any) -> None:
+            return None
+
+        @get("/open", opt=public(), before_request=skip, sync_to_thread=False)
+        def open_route() -> str:
+            return "open"
+
+        @get("/guarded", opt=requires("core.project.read"), sync_to_thread=False)
+        def guarded() -> str:
+            return "secret"
+
+        return [Router("/", route_handlers=[open_route, guarded], before_request=skip)]
+
+
+def test_a_plugin_setting_its_own_before_request_is_unloaded(
+    zt_register_plugin, zt_client_factory
+) -> None:
+    zt_register_plugin(OwnBeforeRequest(), name="ownhook")
+    with zt_client_factory() as client:
+        error = client.app.state["platform"].plugins.get("ownhook").error
+        assert "sets before_request" in error
+        response = client.get("/api/v1/ownhook/guarded")
+        assert response.status_code == 503
+        assert "secret" not in response.text
 
 
 class UnknownPermission:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import utcnow
+from zhongtai.identity.guard import AUDIT_CONTEXT_KEY, AUDIT_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from zhongtai.identity.models import AuditEvent
 from zhongtai.identity.principal import Principal
 
@@ -89,8 +90,6 @@ def record(
 
 def wants_audit(scope: Mapping[str, Any]) -> bool:
     """Whether this request gets an audit row (mutating and routed, or asked for)."""
-    from zhongtai.identity.guard import AUDIT_SCOPE_KEY
-
     if AUDIT_SCOPE_KEY in scope:
         return True
     return scope.get("method") in MUTATING_METHODS and scope.get("route_handler") is not None
@@ -101,8 +100,6 @@ def audit_request(platform: Platform, scope: Mapping[str, Any], status: int) -> 
 
     A failure to write is logged, never raised: the response has already been sent.
     """
-    from zhongtai.identity.guard import AUDIT_CONTEXT_KEY, AUDIT_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
-
     entry: dict[str, Any] = {
         **(scope.get(AUDIT_CONTEXT_KEY) or {}),
         **(scope.get(AUDIT_SCOPE_KEY) or {}),

@@ -14,7 +14,7 @@ router, which Litestar merges down)::
             # the project comes from the stored object, never from the request
             access.require(session, project_id=dataset.project_id if dataset else None)
 
-The application-wide :func:`access_guard` runs before every handler: public routes
+The application-wide :func:`check_access` runs before every handler: public routes
 pass; every other route needs ``Authorization: Bearer <access token or API key>``
 (401 otherwise) and a site-scope permission needs a superuser (403). A route that
 states nothing is refused (and :func:`undeclared_routes` lets start-up and the tests
@@ -71,6 +71,7 @@ __all__ = [
     "access_guard",
     "authenticate",
     "authenticated",
+    "check_access",
     "public",
     "requires",
     "undeclared_routes",
@@ -169,10 +170,22 @@ def _touch(platform: Platform, key_id: str) -> None:
         log.warning("could not record the use of API key %s", key_id, exc_info=True)
 
 
+async def check_access(request: Request[Any, Any, Any]) -> None:
+    """The application's ``before_request`` hook: authenticate, then check the route's access.
+
+    A ``before_request`` hook rather than a Litestar guard: guards copy the route
+    handler on every call, which costs more than the check on a public route. It runs
+    before the request's parameters and body are parsed, so a caller without
+    credentials learns nothing from validation errors. The app refuses to start a
+    plugin whose routes set their own ``before_request`` (it would replace this one).
+    """
+    await access_guard(request, request.route_handler)
+
+
 async def access_guard(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Litestar guard on the whole application: authenticate, then check the route's access."""
+    """Authenticate ``connection`` and check the access ``handler`` states (see module doc)."""
     spec = handler.opt.get(ACCESS_OPT)
     if spec == PUBLIC:
         return

@@ -29,7 +29,7 @@ from zhongtai.identity.audit import audit_request, wants_audit
 from zhongtai.identity.guard import (
     ACCESS_OPT,
     PUBLIC,
-    access_guard,
+    check_access,
     iter_route_handlers,
     provide_access,
     undeclared_routes,
@@ -181,7 +181,7 @@ def build_app(platform: Platform) -> Litestar:
             "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
             "access": Provide(provide_access, sync_to_thread=False),
         },
-        guards=[access_guard],
+        before_request=check_access,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=PlatformRequest,
         request_max_body_size=settings.max_body_size,
@@ -229,6 +229,12 @@ def _check_access_declared(app: Litestar, platform: Platform) -> None:
         elif module.startswith(("litestar.openapi", "litestar._openapi")):
             handler.opt[ACCESS_OPT] = PUBLIC  # the API's description and Swagger UI
     missing = undeclared_routes(app)
+    # The access check is the app's before_request hook; Litestar runs only the
+    # closest layer's, so a route with its own would skip the check.
+    for method, path, handler in iter_route_handlers(app):
+        layers = handler.ownership_layers
+        if any(getattr(layer, "before_request", None) for layer in layers if layer is not app):
+            missing.append(f"{method} {path}")
     if not missing:
         return
     core: list[str] = []
@@ -252,7 +258,7 @@ def _check_access_declared(app: Litestar, platform: Platform) -> None:
             platform.plugins.unload(
                 owner.name,
                 f"register_routes: {route} states no declared permission"
-                " (opt=requires(...), authenticated() or public())",
+                " (opt=requires(...), authenticated() or public()) or sets before_request",
             )
     if core:
         raise StartupError(f"core routes state no declared permission: {', '.join(core)}")
