@@ -83,29 +83,27 @@ class PlatformRequest(Request[Any, Any, Any]):
 class PlatformApp(Litestar):
     """Litestar with the platform's request id, metrics and access log around every request."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bound once: this runs for every request.
+        self._litestar: Any = super().__call__
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
+            await self._litestar(scope, receive, send)
             return
         await handle_http(
-            self._dispatch,
+            self._litestar,
             scope,
             receive,
             send,
             metrics=self.state["metrics"],
             access_log=self.state["access_log"],
+            after=self._audit,
         )
 
-    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await super().__call__(scope, receive, send_status)
+    async def _audit(self, scope: Any, status: int) -> None:
+        """Append the audit row of a finished state-changing request (see identity.audit)."""
         if wants_audit(scope):
             platform = self.state["platform"]
             await anyio.to_thread.run_sync(audit_request, platform, scope, status)

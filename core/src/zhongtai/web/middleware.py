@@ -94,8 +94,12 @@ async def handle_http(
     *,
     metrics: Metrics,
     access_log: bool,
+    after: Callable[[dict[str, Any], int], Awaitable[None]] | None = None,
 ) -> None:
-    """Run ``app`` for one HTTP request with the platform's cross-cutting behaviour."""
+    """Run ``app`` for one HTTP request with the platform's cross-cutting behaviour.
+
+    ``after(scope, status)`` runs once the response has been sent (the audit log).
+    """
     incoming: bytes | None = None
     refused: bytes | None = None
     for key, value in scope["headers"]:  # one pass; names are lower case (ASGI)
@@ -124,6 +128,8 @@ async def handle_http(
             await _refuse(send, rid, 415, f"content type {refused.decode()!r} is refused")
             return
         await app(scope, receive, send_with_id)
+        if after is not None:
+            await after(scope, status)
     finally:
         elapsed = time.perf_counter() - start
         route = scope.get("path_template") or "<unmatched>"
