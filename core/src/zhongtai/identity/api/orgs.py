@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Router, delete, get, patch, post
+from litestar import delete, get, patch, post
 from litestar.exceptions import (
     ClientException,
     NotFoundException,
@@ -731,26 +731,18 @@ def revoke_invitation(
         session.delete(invitation)
 
 
-# One Router, so Litestar registers each path's handlers together: registered one
-# by one, a path's earlier sync_to_thread handlers are wrapped again for every later
-# one and answer 500 from the third on (on_registration runs per registration,
-# litestar-org/litestar#4738, fixed in v3 only).
+# The app mounts all core routes through one Router (see zhongtai.web.app.build_app).
 ROUTES: list[Any] = [
-    Router(
-        path="/",
-        route_handlers=[
-            list_orgs,
-            create_org,
-            get_org,
-            update_org,
-            delete_org,
-            list_org_members,
-            add_org_member,
-            update_org_member,
-            remove_org_member,
-            create_invitation,
-            list_invitations,
-            revoke_invitation,
-        ],
-    )
+    list_orgs,
+    create_org,
+    get_org,
+    update_org,
+    delete_org,
+    list_org_members,
+    add_org_member,
+    update_org_member,
+    remove_org_member,
+    create_invitation,
+    list_invitations,
+    revoke_invitation,
 ]

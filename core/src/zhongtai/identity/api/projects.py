@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from litestar import Router, delete, get, patch, post
+from litestar import delete, get, patch, post
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
@@ -501,23 +501,15 @@ def remove_project_member(
         session.delete(member)
 
 
-# One Router, so Litestar registers each path's handlers together: registered one
-# by one, a path's earlier sync_to_thread handlers are wrapped again for every later
-# one and answer 500 from the third on (on_registration runs per registration,
-# litestar-org/litestar#4738, fixed in v3 only).
+# The app mounts all core routes through one Router (see zhongtai.web.app.build_app).
 ROUTES: list[Any] = [
-    Router(
-        path="/",
-        route_handlers=[
-            list_projects,
-            create_project,
-            get_project,
-            update_project,
-            delete_project,
-            list_project_members,
-            add_project_member,
-            update_project_member,
-            remove_project_member,
-        ],
-    )
+    list_projects,
+    create_project,
+    get_project,
+    update_project,
+    delete_project,
+    list_project_members,
+    add_project_member,
+    update_project_member,
+    remove_project_member,
 ]
