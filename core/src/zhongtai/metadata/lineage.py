@@ -214,7 +214,7 @@ def get_lineage(
 
 
 class EntityIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     kind: str = Field(pattern=KIND_PATTERN.pattern, max_length=64)
     id: str = Field(min_length=1, max_length=128)
@@ -223,7 +223,7 @@ class EntityIn(BaseModel):
 class EdgeIn(BaseModel):
     """An edge to record: ``source -[relation]-> target``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     source: EntityIn
     target: EntityIn

@@ -103,7 +103,7 @@ _LOGIN_FAILED = "invalid email or password"
 
 
 class LoginIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     # Not normalized beyond trim/lower-case: a malformed address is just a failed login.
     email: str = Field(min_length=1, max_length=EMAIL_MAX)
@@ -111,13 +111,13 @@ class LoginIn(BaseModel):
 
 
 class RefreshIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     refresh_token: str = Field(min_length=1, max_length=TOKEN_INPUT_MAX)
 
 
 class LogoutIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     refresh_token: str | None = Field(default=None, min_length=1, max_length=TOKEN_INPUT_MAX)
     all_sessions: bool = Field(default=False, alias="all")
@@ -126,7 +126,7 @@ class LogoutIn(BaseModel):
 class RegisterIn(WithEmail):
     """Self-registration. Anything else (``is_superuser``, ``role``, ``org``…) is a 400."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     email: str = Field(min_length=3, max_length=EMAIL_MAX)
     password: str = Field(min_length=1, max_length=PASSWORD_INPUT_MAX)
@@ -135,13 +135,13 @@ class RegisterIn(WithEmail):
 
 
 class AcceptIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     token: str = Field(min_length=1, max_length=TOKEN_INPUT_MAX)
 
 
 class SetupIn(WithEmail):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     token: str = Field(max_length=TOKEN_INPUT_MAX)
     email: str = Field(min_length=3, max_length=EMAIL_MAX)
@@ -150,14 +150,14 @@ class SetupIn(WithEmail):
 
 
 class ProfileIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     display_name: str | None = Field(default=None, max_length=DISPLAY_NAME_MAX)
     language: Language | None = None
 
 
 class PasswordIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     current_password: str = Field(min_length=1, max_length=PASSWORD_INPUT_MAX)
     new_password: str = Field(min_length=1, max_length=PASSWORD_INPUT_MAX)

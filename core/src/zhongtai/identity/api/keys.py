@@ -46,7 +46,7 @@ KeyId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 class ApiKeyIn(BaseModel):
     """A key to create. Unknown fields are refused (400 naming them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
     project: str | None = Field(default=None, min_length=1, max_length=64)

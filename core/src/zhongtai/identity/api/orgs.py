@@ -300,14 +300,14 @@ def _org_dict(org: Organization, role: int | None = None) -> dict[str, Any]:
 class OrgIn(BaseModel):
     """A new organization; ``slug`` defaults to one derived from ``name``."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1, max_length=200)
     slug: Slug | None = None
 
 
 class OrgPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
@@ -439,7 +439,7 @@ def delete_org(platform: PlatformDep, access: AccessDep, org: PathRef) -> None:
 class MemberIn(BaseModel):
     """A member to add: exactly one of ``user_id`` and ``email``, and a role name."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     user_id: str | None = Field(default=None, min_length=1, max_length=32)
     email: str | None = Field(default=None, min_length=3, max_length=320)
@@ -447,7 +447,7 @@ class MemberIn(BaseModel):
 
 
 class RolePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     role: RoleName
 
@@ -613,7 +613,7 @@ def _check_email(value: str) -> str:
 
 
 class InvitationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     email: Annotated[str, AfterValidator(_check_email)] = Field(min_length=3, max_length=320)
     role: RoleName

@@ -119,7 +119,7 @@ def _role_value(role: Role | None) -> int | None:
 class ProjectIn(BaseModel):
     """A new project in organization ``org`` (id or slug); ``slug`` defaults from ``name``."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     org: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
@@ -128,7 +128,7 @@ class ProjectIn(BaseModel):
 
 
 class ProjectPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", str_strip_whitespace=True)
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None

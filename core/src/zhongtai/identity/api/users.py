@@ -178,7 +178,7 @@ class WithEmail(BaseModel):
 class UserCreate(WithEmail):
     """A new account made by a superuser."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     email: str = Field(min_length=3, max_length=EMAIL_MAX)
     password: str = Field(min_length=1, max_length=PASSWORD_INPUT_MAX)
@@ -190,7 +190,7 @@ class UserCreate(WithEmail):
 class UserUpdate(BaseModel):
     """Fields a superuser may change; those left out stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     display_name: str | None = Field(default=None, max_length=DISPLAY_NAME_MAX)
     is_active: bool | None = None
