@@ -546,3 +546,12 @@ def test_metrics_children_are_cached_and_counted():
         'zhongtai_http_request_duration_seconds_bucket{le="5.0",method="POST",route="/r"} 0.0'
         in exposed
     )
+
+
+def test_ids_made_within_one_millisecond_increase(monkeypatch):
+    """Rows made faster than the clock ticks still page back in creation order."""
+    monkeypatch.setattr(ids.time, "time_ns", lambda: 1_800_000_000_000 * 1_000_000)
+    made = [ids.new_id() for _ in range(2000)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert {i[:10] for i in made} == {made[0][:10]}
