@@ -243,8 +243,9 @@ def test_no_write_within_the_minute(zt_platform: Platform, user_id: str) -> None
 
 
 def test_constant_time_compare_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Structure: verification goes through hmac.compare_digest, never ``==``.
-    source = inspect.getsource(apikeys.verify_api_key)
+    # Structure: verification goes through hmac.compare_digest, never ``==``
+    # (lookup_api_key holds the checks; verify_api_key calls it).
+    source = inspect.getsource(apikeys.lookup_api_key)
     assert "hmac.compare_digest" in source
     assert "key_hash ==" not in source and "== key.key_hash" not in source
 

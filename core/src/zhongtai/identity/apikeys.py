@@ -198,8 +198,8 @@ def verify_api_key(
 ) -> ApiKey:
     """Find the key ``presented`` stands for and check it may be used now.
 
-    The owner is loaded in the same query, so ``session.get(User, key.user_id)``
-    afterwards is answered from the session without another round trip.
+    The ORM flavour of :func:`lookup_api_key` (same checks), for code that wants the
+    row; it also records the key's use in the caller's transaction.
 
     Args:
         session: The caller's session; commit it to keep ``last_used_at``.
@@ -214,27 +214,12 @@ def verify_api_key(
         InvalidApiKey: Malformed, unknown, wrong secret, revoked, expired, or the
             owner is inactive.
     """
-    parsed = parse_api_key(presented)
-    if parsed is None:
-        raise InvalidApiKey("malformed API key")
-    prefix, full_key = parsed
-    row = session.execute(
-        select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
-    ).first()
-    if row is None:
-        raise InvalidApiKey("unknown API key")
-    key, owner = row
-    # Constant time, so response timing does not reveal how much of a guess matched.
-    if not hmac.compare_digest(hmac_hex(secret, full_key), key.key_hash):
-        raise InvalidApiKey("wrong API key secret")
     current = now or utcnow()
-    if key.revoked_at is not None:
-        raise InvalidApiKey("API key revoked")
-    if key.expires_at is not None and key.expires_at <= current:
-        raise InvalidApiKey("API key expired")
-    if not owner.is_active:
-        raise InvalidApiKey("API key owner inactive")
-    if key.last_used_at is None or current - key.last_used_at >= LAST_USED_RESOLUTION:
+    # The checks live in one place: the per-request path, lookup_api_key.
+    principal, stale = lookup_api_key(session.connection(), presented, secret=secret, now=current)
+    key = session.get(ApiKey, principal.api_key_id)
+    assert key is not None  # just read in the same transaction
+    if stale:
         key.last_used_at = current
     return key
 

@@ -42,9 +42,11 @@ from sqlalchemy import Select, String, bindparam, select
 from sqlalchemy.orm import Session
 
 from zhongtai.identity import access as rules
+from zhongtai.identity.apikeys import KEY_PREFIX, InvalidApiKey, lookup_api_key, touch_api_key
 from zhongtai.identity.models import User
 from zhongtai.identity.principal import Principal
 from zhongtai.identity.roles import Permission
+from zhongtai.identity.tokens import InvalidToken, verify_access_token
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -132,9 +134,6 @@ def authenticate(platform: Platform, credentials: str) -> Principal:
 
 def _lookup(platform: Platform, credentials: str) -> tuple[Principal, str | None]:
     """Read-only half of :func:`authenticate`: the principal, and a key id to touch."""
-    from zhongtai.identity.apikeys import KEY_PREFIX, InvalidApiKey, lookup_api_key
-    from zhongtai.identity.tokens import InvalidToken, verify_access_token
-
     if credentials.startswith(KEY_PREFIX):
         try:
             with platform.db.engine.connect() as connection:
@@ -161,8 +160,6 @@ _USER_FLAGS = select(User.is_active, User.is_superuser).where(
 
 
 def _touch(platform: Platform, key_id: str) -> None:
-    from zhongtai.identity.apikeys import touch_api_key
-
     try:
         with platform.db.engine.begin() as connection:
             touch_api_key(connection, key_id)

@@ -25,7 +25,7 @@ from zhongtai.identity.guard import AccessDep, requires
 from zhongtai.identity.permissions import LINEAGE_READ, LINEAGE_WRITE
 from zhongtai.metadata.base import Base
 from zhongtai.metadata.ids import new_id
-from zhongtai.web.pagination import page_request, paginate
+from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -258,10 +258,7 @@ def list_edges(
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
 ) -> dict[str, Any]:
     """Edges touching an entity (either end), oldest first, paginated."""
-    settings = platform.settings
-    page = page_request(
-        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
-    )
+    page = page_for(platform.settings, limit, cursor)
     query = select(LineageEdge).where(LineageEdge.project_id.in_(access.visible_projects()))
     if kind is not None:
         ends = [LineageEdge.source_kind == kind, LineageEdge.target_kind == kind]

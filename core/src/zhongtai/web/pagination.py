@@ -68,12 +68,40 @@ def page_request(
     return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
-def paginate(session: Any, query: Select[Any], id_column: Any, page: PageRequest) -> Page[Any]:
-    """Run ``query`` ordered by ``id_column`` (time-ordered ids), one page past the cursor."""
+def page_for(settings: Any, limit: int | None, cursor: str | None) -> PageRequest:
+    """:func:`page_request` with the platform's page sizes (``platform.settings``)."""
+    return page_request(
+        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
+    )
+
+
+def paginate(
+    session: Any,
+    query: Select[*tuple[Any, ...]],
+    id_column: Any,
+    page: PageRequest,
+    *,
+    rows: bool = False,
+    newest_first: bool = False,
+) -> Page[Any]:
+    """Run ``query`` ordered by ``id_column`` (time-ordered ids), one page past the cursor.
+
+    Args:
+        session: An open session.
+        query: The filtered statement; this adds the cursor, the order and the limit.
+        id_column: The (time-ordered) id the pages follow.
+        page: From :func:`page_request`.
+        rows: Return whole rows (a query of several columns; the first column must be
+            the object carrying ``id_column``) rather than the first column's values.
+        newest_first: Descending ids instead of ascending.
+    """
     if page.after is not None:
-        query = query.where(id_column > page.after)
-    rows: Sequence[Any] = session.scalars(query.order_by(id_column).limit(page.limit + 1)).all()
-    items = list(rows[: page.limit])
-    more = len(rows) > page.limit
-    next_cursor = encode_cursor(getattr(items[-1], id_column.key)) if more and items else None
-    return Page(items=items, next_cursor=next_cursor)
+        query = query.where(id_column < page.after if newest_first else id_column > page.after)
+    query = query.order_by(id_column.desc() if newest_first else id_column).limit(page.limit + 1)
+    found: Sequence[Any] = (session.execute(query) if rows else session.scalars(query)).all()
+    items = list(found[: page.limit])
+    more = len(found) > page.limit
+    if not (more and items):
+        return Page(items=items, next_cursor=None)
+    last = items[-1][0] if rows else items[-1]
+    return Page(items=items, next_cursor=encode_cursor(getattr(last, id_column.key)))

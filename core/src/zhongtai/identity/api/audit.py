@@ -33,7 +33,7 @@ from zhongtai.identity.audit import DENIED, FAILURE, SUCCESS
 from zhongtai.identity.guard import Access, AccessDep, authenticated
 from zhongtai.identity.models import AuditEvent, OrgMember, User
 from zhongtai.identity.permissions import AUDIT_READ
-from zhongtai.web.pagination import Page, PageRequest, encode_cursor, page_request
+from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 TAGS = ["audit"]
@@ -183,16 +183,6 @@ def _event_dict(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _newest_first(session: Session, query: Select[Any], page: PageRequest) -> Page[AuditEvent]:
-    """One page of ``query`` by descending id (ids sort by creation time), past the cursor."""
-    if page.after is not None:
-        query = query.where(AuditEvent.id < page.after)
-    rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(page.limit + 1)))
-    items = rows[: page.limit]
-    more = len(rows) > page.limit
-    return Page(items=items, next_cursor=encode_cursor(items[-1].id) if more and items else None)
-
-
 @get("/api/v1/audit", tags=TAGS, sync_to_thread=True, opt=authenticated())
 def list_audit(
     platform: PlatformDep,
@@ -215,13 +205,10 @@ def list_audit(
     for the filters. A bad filter is a 400 naming it.
     """
     filters = _filters(actor, action, target_kind, target_id, project, org, outcome, since, until)
-    settings = platform.settings
-    page = page_request(
-        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
-    )
+    page = page_for(platform.settings, limit, cursor)
     with platform.db.transaction() as session:
         query = filters.apply(_visible_rows(session, access))
-        return _newest_first(session, query, page).to_dict(_event_dict)
+        return paginate(session, query, AuditEvent.id, page, newest_first=True).to_dict(_event_dict)
 
 
 def _export_lines(platform: Any, query: Select[Any]) -> Iterator[bytes]:

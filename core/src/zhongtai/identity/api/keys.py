@@ -36,7 +36,7 @@ from zhongtai.identity.models import ApiKey, OrgMember, User
 from zhongtai.identity.permissions import APIKEY_CREATE, USERS_MANAGE
 from zhongtai.identity.principal import Principal
 from zhongtai.identity.roles import Permission
-from zhongtai.web.pagination import page_request, paginate
+from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 TAGS = ["api-keys"]
@@ -194,10 +194,7 @@ def list_keys(
 
     Superusers may pass ``user=<id>`` to list another user's keys (403 for others).
     """
-    settings = platform.settings
-    page = page_request(
-        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
-    )
+    page = page_for(platform.settings, limit, cursor)
     owner = access.principal.user_id
     with platform.db.transaction() as session:
         if user is not None and user != owner:

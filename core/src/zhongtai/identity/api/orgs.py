@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -53,7 +52,7 @@ from litestar.exceptions import (
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,8 +68,7 @@ from zhongtai.identity.permissions import (
 )
 from zhongtai.identity.roles import Role
 from zhongtai.identity.tokens import hmac_hex
-from zhongtai.platform import Platform
-from zhongtai.web.pagination import PageRequest, encode_cursor, page_request
+from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 __all__ = [
@@ -86,8 +84,6 @@ __all__ = [
     "contains",
     "find_user",
     "invalid",
-    "page_of",
-    "page_of_rows",
     "parse_role",
     "resolve_org",
     "role_name",
@@ -240,34 +236,6 @@ def check_grant(
         )
 
 
-def page_of(platform: Platform, limit: int | None, cursor: str | None) -> PageRequest:
-    settings = platform.settings
-    return page_request(
-        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
-    )
-
-
-def page_of_rows(
-    session: Session, query: Select[*tuple[Any, ...]], id_column: Any, page: PageRequest
-) -> tuple[Sequence[Any], str | None]:
-    """Like :func:`zhongtai.web.pagination.paginate`, for queries of several columns.
-
-    Returns:
-        The rows of the page, and the cursor of the next page (None at the end).
-    """
-    if page.after is not None:
-        query = query.where(id_column > page.after)
-    rows = session.execute(query.order_by(id_column).limit(page.limit + 1)).all()
-    more = len(rows) > page.limit
-    items = rows[: page.limit]
-    return items, (encode_cursor(_row_id(items[-1], id_column)) if more and items else None)
-
-
-def _row_id(row: Any, id_column: Any) -> str:
-    owner = row[0]
-    return str(getattr(owner, id_column.key))
-
-
 def resolve_org(session: Session, ref: str) -> Organization | None:
     """The organization whose id or (failing that) slug is ``ref``."""
     org = session.get(Organization, ref)
@@ -327,7 +295,7 @@ def list_orgs(
     Filter ``q``: a substring of the name or slug. Each item carries the caller's
     organization ``role`` (null without an organization membership).
     """
-    page = page_of(platform, limit, cursor)
+    page = page_for(platform.settings, limit, cursor)
     principal = access.principal
     query = select(Organization, OrgMember.role).outerjoin(
         OrgMember,
@@ -344,7 +312,8 @@ def list_orgs(
     if q:
         query = query.where(or_(contains(Organization.name, q), contains(Organization.slug, q)))
     with platform.db.transaction() as session:
-        rows, next_cursor = page_of_rows(session, query, Organization.id, page)
+        page_rows = paginate(session, query, Organization.id, page, rows=True)
+        rows, next_cursor = page_rows.items, page_rows.next_cursor
         return {"items": [_org_dict(o, r) for o, r in rows], "next_cursor": next_cursor}
 
 
@@ -495,7 +464,7 @@ def list_org_members(
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
 ) -> dict[str, Any]:
     """Members of an organization; filters ``q`` (email or name substring) and ``role``."""
-    page = page_of(platform, limit, cursor)
+    page = page_for(platform.settings, limit, cursor)
     role_filter = _query_role(role)
     with platform.db.transaction() as session:
         found = _org_for(session, access, org)
@@ -508,7 +477,8 @@ def list_org_members(
             query = query.where(or_(contains(User.email, q), contains(User.display_name, q)))
         if role_filter is not None:
             query = query.where(OrgMember.role == int(role_filter))
-        rows, next_cursor = page_of_rows(session, query, OrgMember.id, page)
+        page_rows = paginate(session, query, OrgMember.id, page, rows=True)
+        rows, next_cursor = page_rows.items, page_rows.next_cursor
         return {"items": [_member_dict(m, u) for m, u in rows], "next_cursor": next_cursor}
 
 
@@ -696,7 +666,7 @@ def list_invitations(
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
 ) -> dict[str, Any]:
     """Pending (not accepted, not expired) invitations of an organization, without tokens."""
-    page = page_of(platform, limit, cursor)
+    page = page_for(platform.settings, limit, cursor)
     with platform.db.transaction() as session:
         found = _org_for(session, access, org)
         query = select(Invitation).where(
@@ -704,7 +674,8 @@ def list_invitations(
             Invitation.accepted_at.is_(None),
             Invitation.expires_at > utcnow(),
         )
-        rows, next_cursor = page_of_rows(session, query, Invitation.id, page)
+        page_rows = paginate(session, query, Invitation.id, page, rows=True)
+        rows, next_cursor = page_rows.items, page_rows.next_cursor
         return {"items": [_invitation_dict(r[0]) for r in rows], "next_cursor": next_cursor}
 
 

@@ -52,8 +52,6 @@ from zhongtai.identity.api.orgs import (
     conflict,
     contains,
     find_user,
-    page_of,
-    page_of_rows,
     resolve_org,
     role_name,
     slug_for,
@@ -70,7 +68,7 @@ from zhongtai.identity.permissions import (
     PROJECT_WRITE,
 )
 from zhongtai.identity.roles import Role
-from zhongtai.web.pagination import encode_cursor
+from zhongtai.web.pagination import encode_cursor, page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 TAGS = ["identity"]
@@ -150,7 +148,7 @@ def list_projects(
     stay invisible), ``q`` (a substring of the name or slug). Each item carries the
     caller's effective ``role`` there (null for a superuser without a membership).
     """
-    page = page_of(platform, limit, cursor)
+    page = page_for(platform.settings, limit, cursor)
     principal = access.principal
     permission = access.permission()
     if rules.sees_nothing(principal, permission):
@@ -374,7 +372,7 @@ def list_project_members(
     One statement. Filters: ``q`` (email or name substring), ``inherited`` (true: only
     organization members without a project membership; false: only explicit members).
     """
-    page = page_of(platform, limit, cursor)
+    page = page_for(platform.settings, limit, cursor)
     with platform.db.transaction() as session:
         found = _project_for(session, access, project)
         pm = aliased(ProjectMember)
@@ -393,7 +391,8 @@ def list_project_members(
             query = query.where(or_(contains(User.email, q), contains(User.display_name, q)))
         if inherited is not None:
             query = query.where(pm.id.is_(None) if inherited else pm.id.is_not(None))
-        rows, next_cursor = page_of_rows(session, query, User.id, page)
+        page_rows = paginate(session, query, User.id, page, rows=True)
+        rows, next_cursor = page_rows.items, page_rows.next_cursor
         return {
             "items": [_member_dict(u, p, o) for u, p, o in rows],
             "next_cursor": next_cursor,

@@ -40,7 +40,7 @@ from zhongtai.identity.models import User
 from zhongtai.identity.passwords import password_problems
 from zhongtai.identity.permissions import USERS_MANAGE
 from zhongtai.identity.tokens import revoke_all_for_user
-from zhongtai.web.pagination import page_request, paginate
+from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 __all__ = [
@@ -215,10 +215,7 @@ def list_users(
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
 ) -> dict[str, Any]:
     """Every account, oldest first; ``q`` matches email or display name (any case)."""
-    settings = platform.settings
-    page = page_request(
-        limit, cursor, default=settings.default_page_size, maximum=settings.max_page_size
-    )
+    page = page_for(platform.settings, limit, cursor)
     query = select(User)
     if q:
         needle = q.strip().lower()
