@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import get
+from litestar.di import Dependency, Provide
 from litestar.exceptions import PermissionDeniedException, ValidationException
 from litestar.params import QueryParameter
 from litestar.response import Stream
@@ -33,7 +34,7 @@ from zhongtai.identity.audit import DENIED, FAILURE, SUCCESS
 from zhongtai.identity.guard import Access, AccessDep, authenticated
 from zhongtai.identity.models import AuditEvent, OrgMember, User
 from zhongtai.identity.permissions import AUDIT_READ
-from zhongtai.web.pagination import page_for, paginate
+from zhongtai.web.pagination import PageRequest, page_for, paginate
 from zhongtai.web.params import PlatformDep
 
 TAGS = ["audit"]
@@ -102,17 +103,18 @@ class AuditFilters:
         return query
 
 
-def _filters(
-    actor: str | None,
-    action: str | None,
-    target_kind: str | None,
-    target_id: str | None,
-    project: str | None,
-    org: str | None,
-    outcome: str | None,
-    since: str | None,
-    until: str | None,
+def provide_filters(
+    actor: Text = None,
+    action: Text = None,
+    target_kind: Text = None,
+    target_id: Text = None,
+    project: Text = None,
+    org: Text = None,
+    outcome: Text = None,
+    since: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    until: Annotated[str | None, QueryParameter(max_length=64)] = None,
 ) -> AuditFilters:
+    """The filters of both audit routes, read from the query (a Litestar dependency)."""
     if outcome is not None and outcome not in OUTCOMES:
         raise _invalid("outcome", f"must be one of {', '.join(OUTCOMES)}")
     if action is not None and "*" in action[:-1]:
@@ -183,19 +185,21 @@ def _event_dict(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-@get("/api/v1/audit", tags=TAGS, sync_to_thread=True, opt=authenticated())
+FiltersDep = Annotated[AuditFilters, Dependency(kind="named")]
+_FILTERS = {"filters": Provide(provide_filters, sync_to_thread=False)}
+
+
+@get(
+    "/api/v1/audit",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=authenticated(),
+    dependencies=_FILTERS,
+)
 def list_audit(
     platform: PlatformDep,
     access: AccessDep,
-    actor: Text = None,
-    action: Text = None,
-    target_kind: Text = None,
-    target_id: Text = None,
-    project: Text = None,
-    org: Text = None,
-    outcome: Text = None,
-    since: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    until: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    filters: FiltersDep,
     limit: Annotated[int | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
 ) -> dict[str, Any]:
@@ -204,7 +208,6 @@ def list_audit(
     For superusers and organization owners (others: 403); see the module docstring
     for the filters. A bad filter is a 400 naming it.
     """
-    filters = _filters(actor, action, target_kind, target_id, project, org, outcome, since, until)
     page = page_for(platform.settings, limit, cursor)
     with platform.db.transaction() as session:
         query = filters.apply(_visible_rows(session, access))
@@ -220,41 +223,35 @@ def _export_lines(platform: Any, query: Select[Any]) -> Iterator[bytes]:
     import msgspec
 
     encode = msgspec.json.Encoder().encode
-    after: str | None = None
+    page = PageRequest(limit=EXPORT_BATCH, after=None)
     while True:
-        batch_query = query if after is None else query.where(AuditEvent.id < after)
         with platform.db.transaction() as session:
-            rows = list(
-                session.scalars(batch_query.order_by(AuditEvent.id.desc()).limit(EXPORT_BATCH))
-            )
-            chunk = b"".join(encode(_event_dict(row)) + b"\n" for row in rows)
+            batch = paginate(session, query, AuditEvent.id, page, newest_first=True)
+            chunk = b"".join(encode(_event_dict(row)) + b"\n" for row in batch.items)
         if chunk:
             yield chunk
-        if len(rows) < EXPORT_BATCH:
+        if batch.next_cursor is None:
             return
-        after = rows[-1].id
+        page = PageRequest(limit=EXPORT_BATCH, after=batch.items[-1].id)
 
 
-@get("/api/v1/audit/export", tags=TAGS, sync_to_thread=True, opt=authenticated())
+@get(
+    "/api/v1/audit/export",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=authenticated(),
+    dependencies=_FILTERS,
+)
 def export_audit(
     platform: PlatformDep,
     access: AccessDep,
-    actor: Text = None,
-    action: Text = None,
-    target_kind: Text = None,
-    target_id: Text = None,
-    project: Text = None,
-    org: Text = None,
-    outcome: Text = None,
-    since: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    until: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    filters: FiltersDep,
 ) -> Stream:
     """Every audit row the caller may read and the filters keep, as JSON lines.
 
     Same access and filters as ``GET /api/v1/audit``, newest first, streamed in
     batches (``application/x-ndjson``, downloaded as ``audit.jsonl``).
     """
-    filters = _filters(actor, action, target_kind, target_id, project, org, outcome, since, until)
     with platform.db.transaction() as session:
         # Checked before the first byte, so a refusal is a 403 and not a cut stream.
         query = filters.apply(_visible_rows(session, access))
