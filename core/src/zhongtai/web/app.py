@@ -42,6 +42,7 @@ from zhongtai.web.middleware import Metrics, handle_http
 log = logging.getLogger("zhongtai.web")
 
 API_PREFIX = "/api/v1"
+PLUGIN_OPT = "zt_plugin"  # on each plugin's Router: which plugin the routes belong to
 # Names the core uses or will use under /api/v1; no plugin may take them.
 RESERVED_NAMES = frozenset(
     {
@@ -226,35 +227,24 @@ def _check_access_declared(app: Litestar, platform: Platform) -> None:
             handler.opt[ACCESS_OPT] = PUBLIC
         elif module.startswith(("litestar.openapi", "litestar._openapi")):
             handler.opt[ACCESS_OPT] = PUBLIC  # the API's description and Swagger UI
-    missing = undeclared_routes(app)
-    # The access check is the app's before_request hook; Litestar runs only the
-    # closest layer's, so a route with its own would skip the check.
-    for method, path, handler in iter_route_handlers(app):
-        layers = handler.ownership_layers
-        if any(getattr(layer, "before_request", None) for layer in layers if layer is not app):
-            missing.append(f"{method} {path}")
-    if not missing:
-        return
+    undeclared = set(undeclared_routes(app))
     core: list[str] = []
-    for route in missing:
-        path = route.split(" ", 1)[1]
-        owner = next(
-            (
-                record
-                for record in platform.plugins.records.values()
-                if not record.builtin
-                and (
-                    path == f"{API_PREFIX}/{record.name}"
-                    or path.startswith(f"{API_PREFIX}/{record.name}/")
-                )
-            ),
-            None,
-        )
+    for method, path, handler in iter_route_handlers(app):
+        route = f"{method} {path}"
+        # The access check is the app's before_request hook; Litestar runs only the
+        # closest layer's, so a route with its own would skip the check.
+        layers = [layer for layer in handler.ownership_layers if layer is not app]
+        if route not in undeclared and not any(
+            getattr(layer, "before_request", None) for layer in layers
+        ):
+            continue
+        owners = (getattr(layer, "opt", None) or {} for layer in layers)
+        owner = next((opt[PLUGIN_OPT] for opt in owners if PLUGIN_OPT in opt), None)
         if owner is None:
             core.append(route)
-        elif owner.error is None:
+        elif platform.plugins.records[owner].error is None:
             platform.plugins.unload(
-                owner.name,
+                owner,
                 f"register_routes: {route} states no declared permission"
                 " (opt=requires(...), authenticated() or public()) or sets before_request",
             )
@@ -280,6 +270,7 @@ def _plugin_router(
             route_handlers=routes,
             tags=[record.name],
             guards=[_plugin_available(record)],
+            opt={PLUGIN_OPT: record.name},
         )
     except Exception as exc:
         platform.plugins.unload(record.name, f"register_routes: {type(exc).__name__}: {exc}", exc)
