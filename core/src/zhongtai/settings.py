@@ -130,6 +130,13 @@ class IdentitySettings(BaseModel):
         default=900, ge=1, description="Seconds over which failed logins are counted."
     )
     login_lockout: int = Field(default=900, ge=1, description="Seconds a lock lasts.")
+    cache: bool = Field(
+        default=True,
+        description=(
+            "Keep who a credential is and the projects a caller sees in memory until "
+            "the next write to the identity tables (always as fresh as the database)."
+        ),
+    )
 
 
 class Settings(BaseSettings):

@@ -20,6 +20,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import Connection, String, bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ __all__ = [
     "ApiKeyInputError",
     "ApiKeyNotFound",
     "InvalidApiKey",
+    "KeyLookup",
     "create_api_key",
     "lookup_api_key",
     "parse_api_key",
@@ -216,10 +218,10 @@ def verify_api_key(
     """
     current = now or utcnow()
     # The checks live in one place: the per-request path, lookup_api_key.
-    principal, stale = lookup_api_key(session.connection(), presented, secret=secret, now=current)
-    key = session.get(ApiKey, principal.api_key_id)
+    found = lookup_api_key(session.connection(), presented, secret=secret, now=current)
+    key = session.get(ApiKey, found.principal.api_key_id)
     assert key is not None  # just read in the same transaction
-    if stale:
+    if found.stale_at(current):
         key.last_used_at = current
     return key
 
@@ -292,16 +294,32 @@ _LOOKUP = (
 )
 
 
+class KeyLookup(NamedTuple):
+    """A usable key as :func:`lookup_api_key` found it."""
+
+    principal: Principal
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+    def usable_at(self, now: datetime) -> bool:
+        """Whether the key has not expired by ``now`` (what a cached lookup re-checks)."""
+        return self.expires_at is None or self.expires_at > now
+
+    def stale_at(self, now: datetime) -> bool:
+        """Whether ``last_used_at`` is older than :data:`LAST_USED_RESOLUTION` at ``now``."""
+        return self.last_used_at is None or now - self.last_used_at >= LAST_USED_RESOLUTION
+
+
 def lookup_api_key(
     connection: Connection, presented: str, *, secret: str, now: datetime | None = None
-) -> tuple[Principal, bool]:
+) -> KeyLookup:
     """The principal a presented key acts as, read with one Core query (the per-request path).
 
     Same checks as :func:`verify_api_key`, without loading ORM objects or writing.
 
     Returns:
-        ``(principal, stale)``; ``stale`` is True when ``last_used_at`` is older than
-        :data:`LAST_USED_RESOLUTION` and the caller should :func:`touch_api_key`.
+        The principal with the key's expiry and last use; when ``stale_at(now)``,
+        the caller should :func:`touch_api_key`.
 
     Raises:
         InvalidApiKey: Malformed, unknown, wrong secret, revoked, expired, or the
@@ -332,7 +350,7 @@ def lookup_api_key(
         key_project_id=project_id,
         key_permissions=frozenset(perms) if perms is not None else None,
     )
-    return principal, last_used is None or current - last_used >= LAST_USED_RESOLUTION
+    return KeyLookup(principal, expires_at, last_used)
 
 
 def touch_api_key(connection: Connection, key_id: str, *, now: datetime | None = None) -> None:

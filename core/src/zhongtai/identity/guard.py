@@ -29,7 +29,7 @@ Only the ``Authorization`` header identifies a caller. Headers such as
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import anyio.to_thread
@@ -41,12 +41,20 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import Select, String, bindparam, select
 from sqlalchemy.orm import Session
 
+from zhongtai.hooks.events import utcnow
 from zhongtai.identity import access as rules
-from zhongtai.identity.apikeys import KEY_PREFIX, InvalidApiKey, lookup_api_key, touch_api_key
+from zhongtai.identity.apikeys import (
+    KEY_PREFIX,
+    InvalidApiKey,
+    KeyLookup,
+    lookup_api_key,
+    touch_api_key,
+)
+from zhongtai.identity.cache import identity_cache
 from zhongtai.identity.models import User
 from zhongtai.identity.principal import Principal
 from zhongtai.identity.roles import Permission
-from zhongtai.identity.tokens import InvalidToken, verify_access_token
+from zhongtai.identity.tokens import AccessClaims, InvalidToken, verify_access_token
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -60,6 +68,7 @@ PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 # Where the guard leaves what it learnt, and where handlers leave audit details.
 PRINCIPAL_SCOPE_KEY = "zt_principal"
+GENERATION_SCOPE_KEY = "zt_identity_generation"  # what the principal was read under
 AUDIT_SCOPE_KEY = "zt_audit"  # present: the request gets an audit row
 AUDIT_CONTEXT_KEY = "zt_audit_context"  # what require() learnt: used only if there is a row
 
@@ -118,40 +127,61 @@ def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 def authenticate(platform: Platform, credentials: str) -> Principal:
     """The principal a bearer credential stands for: an API key (``zt_…``) or an access token.
 
-    One indexed query either way; the user's active and superuser flags are read from
-    the database on every request, so deactivating a user or revoking a key takes
-    effect at once. Records the key's use (at most once a minute).
+    The answer is as fresh as the database: a user's active and superuser flags and a
+    key's scope and revocation are re-read whenever the identity generation moved
+    (see :mod:`zhongtai.identity.cache`), so deactivating a user or revoking a key
+    takes effect at once, in every server process. Records the key's use (at most
+    once a minute).
 
     Raises:
         Unauthorized: The credential is malformed, unknown, expired or revoked, or its
             user is inactive (one answer for every reason).
     """
-    principal, touch = _lookup(platform, credentials)
+    principal, touch, _generation = _identify(platform, credentials)
     if touch:
         _touch(platform, touch)
     return principal
 
 
-def _lookup(platform: Platform, credentials: str) -> tuple[Principal, str | None]:
-    """Read-only half of :func:`authenticate`: the principal, and a key id to touch."""
+def _identify(platform: Platform, credentials: str) -> tuple[Principal, str | None, int | None]:
+    """Read-only half of :func:`authenticate`: the principal, a key id to touch, and the
+    identity generation the answer holds for (None: uncached)."""
+    cache = identity_cache(platform)
+    generation = cache.generation()
+    now = utcnow()
     if credentials.startswith(KEY_PREFIX):
+        found: KeyLookup | None = cache.get("principal", credentials, generation)
+        if found is None or not found.usable_at(now):
+            try:
+                with platform.db.engine.connect() as connection:
+                    found = lookup_api_key(
+                        connection, credentials, secret=platform.secret_key, now=now
+                    )
+            except InvalidApiKey as exc:
+                raise Unauthorized("invalid API key", reason=str(exc)) from None
+            cache.put("principal", credentials, generation, found)
+        if not found.stale_at(now):
+            return found.principal, None, generation
+        # This process records the use now; until the next minute, it need not again.
+        cache.put("principal", credentials, generation, found._replace(last_used_at=now))
+        return found.principal, found.principal.api_key_id, generation
+    claims: AccessClaims | None = cache.tokens.get(credentials) if cache.enabled else None
+    if claims is None or claims.expires_at <= now:
         try:
-            with platform.db.engine.connect() as connection:
-                principal, stale = lookup_api_key(
-                    connection, credentials, secret=platform.secret_key
-                )
-        except InvalidApiKey as exc:
-            raise Unauthorized("invalid API key", reason=str(exc)) from None
-        return principal, principal.api_key_id if stale else None
-    try:
-        claims = verify_access_token(credentials, secret=platform.secret_key)
-    except InvalidToken as exc:
-        raise Unauthorized("invalid or expired access token", reason=str(exc)) from None
-    with platform.db.engine.connect() as connection:
-        row = connection.execute(_USER_FLAGS, {"user_id": claims.user_id}).first()
-    if row is None or not row[0]:
-        raise Unauthorized("invalid or expired access token", reason="user unknown or inactive")
-    return Principal(user_id=claims.user_id, is_superuser=bool(row[1])), None
+            claims = verify_access_token(credentials, secret=platform.secret_key)
+        except InvalidToken as exc:
+            raise Unauthorized("invalid or expired access token", reason=str(exc)) from None
+        if cache.enabled:
+            cache.tokens.put(credentials, claims)
+    principal: Principal | None = cache.get("principal", ("user", claims.user_id), generation)
+    if principal is None:
+        with platform.db.engine.connect() as connection:
+            row = connection.execute(_USER_FLAGS, {"user_id": claims.user_id}).first()
+        if row is None or not row[0]:
+            raise Unauthorized("invalid or expired access token", reason="user unknown or inactive")
+        principal = Principal(user_id=claims.user_id, is_superuser=bool(row[1]))
+        cache.put("principal", ("user", claims.user_id), generation, principal)
+    return principal, None, generation
 
 
 _USER_FLAGS = select(User.is_active, User.is_superuser).where(
@@ -197,12 +227,17 @@ async def access_guard(
         # SQLite is a local file: an indexed read costs less than the hop to a
         # worker thread, and WAL readers never wait for writers. The rare write
         # (a key's last use) still goes to a thread.
-        principal, touch = _lookup(platform, credentials)
+        principal, touch, generation = _identify(platform, credentials)
         if touch:
             await anyio.to_thread.run_sync(_touch, platform, touch)
     else:
-        principal = await anyio.to_thread.run_sync(authenticate, platform, credentials)
+        principal, touch, generation = await anyio.to_thread.run_sync(
+            _identify, platform, credentials
+        )
+        if touch:
+            await anyio.to_thread.run_sync(_touch, platform, touch)
     connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
+    connection.scope[GENERATION_SCOPE_KEY] = generation  # type: ignore[literal-required]
     if spec != AUTHENTICATED:
         if spec not in platform.permissions:
             # Start-up unloads a plugin whose route names an undeclared permission.
@@ -292,6 +327,31 @@ class Access:
             org_id=org_id,
         )
 
+    def remembered(self, key: Hashable) -> Any:
+        """What :meth:`remember` kept for this caller, route permission and ``key``, or None.
+
+        For answers that depend only on identity tables (the projects a caller sees, an
+        organization's members): they stay valid until the next write to those tables,
+        in any process (see :mod:`zhongtai.identity.cache`). ``key`` holds the request's
+        parameters; the caller and the permission are added here, so one caller's
+        answer is never another's.
+        """
+        generation = self._scope.get(GENERATION_SCOPE_KEY)
+        return identity_cache(self.platform).get(
+            "result", (self.principal, self._permission, key), generation
+        )
+
+    def remember(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` for :meth:`remembered`, if nothing changed since authentication.
+
+        Compute ``value`` after the request was authenticated (any handler code is):
+        the generation read then is what the value is filed under.
+        """
+        generation = self._scope.get(GENERATION_SCOPE_KEY)
+        identity_cache(self.platform).put(
+            "result", (self.principal, self._permission, key), generation, value
+        )
+
     def visible_projects(self, permission: Permission | str | None = None) -> Select[Any]:
         """``SELECT projects.id`` where the caller holds the permission: filter lists with it."""
         return rules.visible_project_ids(self.principal, self.permission(permission))
@@ -327,11 +387,17 @@ class Access:
             entry.setdefault("detail", {}).update(detail)
 
 
-def provide_access(request: Request[Any, Any, Any]) -> Access:
-    """Litestar dependency provider for ``access: AccessDep``."""
-    handler = request.route_handler
-    spec = handler.opt.get(ACCESS_OPT)
-    return Access(request.app.state["platform"], request.scope, spec)
+def provide_access(
+    request: Request[Any, Any, Any], platform: Annotated[Any, Dependency(kind="named")]
+) -> Access:
+    """Litestar dependency provider for ``access: AccessDep``.
+
+    It takes ``platform`` (unused but for its order) so that Litestar resolves the two
+    one after the other: dependencies at the same depth are resolved in an anyio task
+    group, a task per dependency, which cost more than the rest of a small request.
+    """
+    spec = request.route_handler.opt.get(ACCESS_OPT)
+    return Access(platform, request.scope, spec)
 
 
 AccessDep: TypeAlias = Annotated[Access, Dependency(kind="named")]

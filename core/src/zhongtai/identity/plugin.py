@@ -57,6 +57,15 @@ def startup(platform: Platform) -> None:
         logging.getLogger("zhongtai.identity").exception("could not purge the login throttle")
 
 
+@zhongtai.hookimpl
+def shutdown(platform: Platform) -> None:
+    """Give back the connection the identity cache reads its generation on."""
+    from zhongtai.identity.cache import IDENTITY_CACHE
+
+    if IDENTITY_CACHE in platform.stash:
+        platform.stash[IDENTITY_CACHE].close()
+
+
 def _purge_login_throttle(platform: Platform) -> None:
     """Forget failed-login counts whose window and lock are over (one DELETE)."""
     from datetime import timedelta

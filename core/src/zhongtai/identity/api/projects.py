@@ -31,11 +31,13 @@ owner in the project).
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from litestar import delete, get, patch, post
+import anyio.to_thread
+from litestar import MediaType, Response, delete, get, patch, post
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, QueryParameter
+from litestar.serialization import encode_json
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Integer, String, and_, bindparam, func, or_, select, union
 from sqlalchemy.orm import Session, aliased
@@ -68,8 +70,11 @@ from zhongtai.identity.permissions import (
     PROJECT_WRITE,
 )
 from zhongtai.identity.roles import Role
-from zhongtai.web.pagination import encode_cursor, page_for, paginate
+from zhongtai.web.pagination import PageRequest, encode_cursor, page_for, paginate
 from zhongtai.web.params import PlatformDep
+
+if TYPE_CHECKING:
+    from zhongtai.platform import Platform
 
 TAGS = ["identity"]
 
@@ -133,22 +138,38 @@ class ProjectPatch(BaseModel):
     description: str | None = Field(default=None, max_length=10_000)
 
 
-@get("/api/v1/projects", tags=TAGS, sync_to_thread=True, opt=requires(PROJECT_READ))
-def list_projects(
+@get("/api/v1/projects", tags=TAGS, opt=requires(PROJECT_READ))
+async def list_projects(
     platform: PlatformDep,
     access: AccessDep,
     org: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
     q: Annotated[str | None, QueryParameter(max_length=200)] = None,
     limit: Annotated[int | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
-) -> dict[str, Any]:
+) -> Response[bytes]:
     """Projects the caller can read, oldest first, paginated; one SQL statement.
 
     Filters: ``org`` (an organization id or slug; another organization's projects
     stay invisible), ``q`` (a substring of the name or slug). Each item carries the
     caller's effective ``role`` there (null for a superuser without a membership).
+
+    The body is ``{"items": [...], "next_cursor": ...}``. Everything in it comes from
+    identity tables, so the encoded page is kept until the next write to them
+    (:meth:`Access.remember`): the project switcher asks for it on every page.
     """
     page = page_for(platform.settings, limit, cursor)
+    key = ("projects", org, q, page.limit, page.after)
+    body: bytes | None = access.remembered(key)
+    if body is None:
+        found = await anyio.to_thread.run_sync(_list_page, platform, access, org, q, page)
+        body = encode_json(found)
+        access.remember(key, body)
+    return Response(body, media_type=MediaType.JSON)
+
+
+def _list_page(
+    platform: Platform, access: Access, org: str | None, q: str | None, page: PageRequest
+) -> dict[str, Any]:
     principal = access.principal
     permission = access.permission()
     if rules.sees_nothing(principal, permission):

@@ -1,0 +1,173 @@
+"""Reads that depend only on identity, kept in memory until the identity generation moves.
+
+Who a credential stands for and which projects a caller sees are asked on nearly
+every request and change rarely. Re-reading them costs more than everything else a
+request does (the projects list's SQL alone takes longer than a whole ``/healthz``),
+so each server process keeps the answers, tagged with the **identity generation**:
+a counter in the ``identity_generation`` table that database triggers bump in the
+same transaction as any write to users' active and superuser flags, organizations,
+projects, memberships or API keys (migration ``c0e1a0000003``).
+
+Every request reads the counter (one primary-key read on a connection the cache
+holds: microseconds on SQLite, one round trip on PostgreSQL) before it trusts
+anything cached. A write in any process — another server worker, the ``zhongtai
+users`` command, an operator's SQL — is therefore seen by the next request
+everywhere: revoking a key, deactivating a user or removing a member takes effect
+at once, exactly as without the cache. Time-based limits (a key's ``expires_at``, a
+token's ``exp``) are re-checked on every hit. When the counter cannot be read, the
+cache is bypassed and emptied, never trusted.
+
+``ZHONGTAI_IDENTITY__CACHE=false`` turns it off (every request reads the database).
+What is cached is bounded (oldest entries go first) and never includes a refusal:
+an unknown or wrong credential always reaches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from zhongtai.platform import StashKey
+
+if TYPE_CHECKING:
+    from zhongtai.metadata.database import Database
+    from zhongtai.platform import Platform
+
+__all__ = ["IDENTITY_CACHE", "BoundedMap", "IdentityCache", "identity_cache"]
+
+log = logging.getLogger("zhongtai.identity")
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_READ_GENERATION = "SELECT value FROM identity_generation WHERE id = 1"
+
+
+class BoundedMap(Generic[K, V]):
+    """A dict that forgets its oldest entries beyond ``size``; safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: dict[K, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        return self._data.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+            while len(self._data) >= self.size:
+                del self._data[next(iter(self._data))]
+            self._data[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class IdentityCache:
+    """Per-process answers that stay right while the identity generation stands still.
+
+    Use :meth:`generation` once per request, then :meth:`get` and :meth:`put` with
+    the value it returned (``None`` means "do not cache": the counter was unreadable).
+    """
+
+    def __init__(
+        self, db: Database, *, enabled: bool = True, principals: int = 4096, results: int = 512
+    ) -> None:
+        self._db = db
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._connection: Any = None  # a pooled DBAPI connection held for the counter
+        self._generation: int | None = None
+        self._maps: dict[str, BoundedMap[Any, Any]] = {
+            "principal": BoundedMap(principals),
+            "result": BoundedMap(results),
+        }
+        # Verified access tokens: a signature does not depend on the database, so
+        # these outlive generations (expiry is checked on each use).
+        self.tokens: BoundedMap[str, Any] = BoundedMap(principals)
+
+    def generation(self) -> int | None:
+        """Read the counter; empty the caches when it moved. ``None``: bypass the cache."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            try:
+                value = self._read()
+            except Exception as exc:
+                self._drop_connection()
+                if self._generation is not None:
+                    log.warning("identity cache off until the counter can be read: %s", exc)
+                self._reset(None)
+                return None
+            if value != self._generation:
+                self._reset(value)
+            return value
+
+    def get(self, kind: str, key: Hashable, generation: int | None) -> Any:
+        """The value kept for ``key`` under ``generation``, or None."""
+        if generation is None or generation != self._generation:
+            return None
+        return self._maps[kind].get(key)
+
+    def put(self, kind: str, key: Hashable, generation: int | None, value: Any) -> None:
+        """Keep ``value`` if ``generation`` is still current.
+
+        ``generation`` must have been read before the value was: then a write that
+        lands in between moves the counter and the next request drops the value.
+        """
+        if generation is None:
+            return
+        with self._lock:
+            if generation == self._generation:
+                self._maps[kind].put(key, value)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+            self._reset(None)
+
+    def _reset(self, generation: int | None) -> None:
+        self._generation = generation
+        for entries in self._maps.values():
+            entries.clear()
+
+    def _read(self) -> int:
+        if self._connection is None:
+            connection = self._db.engine.raw_connection()
+            if self._db.dialect == "postgresql":
+                # No transaction left open between reads: each read sees the last commit.
+                connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+            self._connection = connection
+        cursor = self._connection.driver_connection.execute(_READ_GENERATION)
+        rows = cursor.fetchall()  # to the end: SQLite holds a read snapshot until then
+        if not rows:
+            raise LookupError("identity_generation has no row")
+        return int(rows[0][0])
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                # Closed, not returned: the pool must not hand out its autocommit mode.
+                self._connection.invalidate()
+            except Exception:
+                log.debug("closing the identity cache's connection failed", exc_info=True)
+            self._connection = None
+
+
+IDENTITY_CACHE: StashKey[IdentityCache] = StashKey()
+
+
+def identity_cache(platform: Platform) -> IdentityCache:
+    """The platform's identity cache, created on first use."""
+    if IDENTITY_CACHE not in platform.stash:
+        enabled = platform.settings.identity.cache
+        platform.stash[IDENTITY_CACHE] = IdentityCache(platform.db, enabled=enabled)
+    return platform.stash[IDENTITY_CACHE]
