@@ -192,12 +192,17 @@ def zhongtai_server(
     bytecode_cache: bool,
     access_log: bool = True,
     name: str = "zhongtai",
+    env: dict[str, str] | None = None,
 ) -> Server:
     """``zhongtai serve`` on a free port with ``home`` as its data directory."""
     port = free_port()
     env = child_env(
         bytecode_cache=bytecode_cache,
-        extra={"ZHONGTAI_HOME": str(home), "ZHONGTAI_ACCESS_LOG": str(access_log).lower()},
+        extra={
+            "ZHONGTAI_HOME": str(home),
+            "ZHONGTAI_ACCESS_LOG": str(access_log).lower(),
+            **(env or {}),
+        },
     )
     argv = [str(ZHONGTAI), "serve", "--host", HOST, "--port", str(port)]
     return Server(name, argv, port, "/readyz", env, log_path)

@@ -9,7 +9,16 @@ interleaved so the shared machine slows all alike:
 
 * ``GET /healthz`` — the baseline: the same server, no credentials, no database;
 * ``GET /api/v1/projects?limit=100`` with an API key (``Authorization: Bearer zt_…``);
-* the same with a JWT access token.
+* the same with a JWT access token;
+* the default page (50) with the key;
+* for comparison, the key's list on a second ``zhongtai serve`` over the same data
+  directory with the identity cache off (``ZHONGTAI_IDENTITY__CACHE=false``): every
+  request then authenticates against the database and runs the list's SQL.
+
+Repeated requests are what the identity cache is for (``zhongtai.identity.cache``):
+each one still reads the identity generation from the database, re-checks the key's
+expiry and encodes nothing it kept; the first request after a write to the identity
+tables pays for the SQL again.
 
 Target (issue 3): each authenticated list at ≥ half the requests per second of
 ``/healthz``; p99 reported. Run: ``.venv/bin/python bench/auth_overhead.py``.
@@ -154,17 +163,37 @@ def main() -> None:
         print(f"seeding {PROJECTS} projects, {VISIBLE} visible to the benchmark user …", flush=True)
         key, token = seed(home)
         server = zhongtai_server(home, work / "server.log", bytecode_cache=True)
+        # The same data directory served with the identity cache off: every request
+        # authenticates against the database and runs the list's SQL.
+        uncached = zhongtai_server(
+            home,
+            work / "uncached.log",
+            bytecode_cache=True,
+            name="zhongtai (cache off)",
+            env={"ZHONGTAI_IDENTITY__CACHE": "false"},
+        )
         base = f"http://127.0.0.1:{server.port}"
+        bearer_key = f"Authorization: Bearer {key}"
         targets = {
-            "healthz": ("/healthz", None),
-            "projects (API key)": ("/api/v1/projects?limit=100", f"Authorization: Bearer {key}"),
-            "projects (JWT)": ("/api/v1/projects?limit=100", f"Authorization: Bearer {token}"),
+            "healthz": (base, "/healthz", None),
+            "projects (API key)": (base, "/api/v1/projects?limit=100", bearer_key),
+            "projects (JWT)": (
+                base,
+                "/api/v1/projects?limit=100",
+                f"Authorization: Bearer {token}",
+            ),
             # The default page (50 of the 100), as a client that sends no limit sees it.
-            "projects, page 50 (key)": ("/api/v1/projects", f"Authorization: Bearer {key}"),
+            "projects, page 50 (key)": (base, "/api/v1/projects", bearer_key),
+            "projects, cache off (key)": (
+                f"http://127.0.0.1:{uncached.port}",
+                "/api/v1/projects?limit=100",
+                bearer_key,
+            ),
         }
         results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-        with server:
+        with server, uncached:
             server.wait_ready()
+            uncached.wait_ready()
             assert get_status(server.port, "/healthz") == 200
             # Check the list answers 200 with exactly the visible projects before timing it.
             check = subprocess.run(
@@ -181,14 +210,14 @@ def main() -> None:
             if check.returncode == 0 and check.stdout:
                 items = json.loads(check.stdout).get("items", [])
                 print(f"GET /api/v1/projects sees {len(items)} projects (expected {VISIBLE})")
-            for path, header in targets.values():  # warm-up, unmeasured
-                wrk(base + path, header, args.connections, 1)
+            for origin, path, header in targets.values():  # warm-up, unmeasured
+                wrk(origin + path, header, args.connections, 1)
             names = list(targets)
             for r in range(args.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    path, header = targets[name]
-                    res = wrk(base + path, header, args.connections, args.duration)
+                    origin, path, header = targets[name]
+                    res = wrk(origin + path, header, args.connections, args.duration)
                     results[name].append(res)
                     print(
                         f"round {r + 1}/{args.rounds} {name:<24} {res.rps:8.0f} rps  "
@@ -210,6 +239,7 @@ def main() -> None:
         "ratio_api_key": ratio("projects (API key)"),
         "ratio_jwt": ratio("projects (JWT)"),
         "ratio_default_page": ratio("projects, page 50 (key)"),
+        "ratio_cache_off": ratio("projects, cache off (key)"),
         "errors": {n: sum(x.errors for x in v) for n, v in results.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -228,6 +258,10 @@ def main() -> None:
             f"projects list ({label}) ÷ healthz: {value:.2f} (target ≥ {TARGET}) "
             f"{verdict(value >= TARGET)}"
         )
+    print(
+        f"projects list (API key, all 100, identity cache off) ÷ healthz: "
+        f"{summary['ratio_cache_off']:.2f} (for comparison; no target)"
+    )
     if any(summary["errors"].values()):
         print(f"WARNING: non-2xx responses during the runs: {summary['errors']}")
 
