@@ -47,6 +47,7 @@ CORE_REVISION = "c0e1a0000002"  # the core revision that creates ``projects``
 HOOKS = [
     "on_event",
     "register_commands",
+    "register_job_types",
     "register_migrations",
     "register_permissions",
     "register_routes",

@@ -186,6 +186,12 @@ def _mask_value(name: str, value: Any, depth: int = 0) -> Any:
     return value if masked is text else masked
 
 
+def mask_fields(value: Any) -> Any:
+    """``value`` (a mapping, list or scalar) with secrets masked: whole values under
+    secret-like names (``password``, ``token``, ``api_key``…), embedded ones elsewhere."""
+    return _mask_value("", value)
+
+
 _exception_formatter = logging.Formatter()
 _NOT_EXTRA = frozenset({"request_id", "rid"})
 

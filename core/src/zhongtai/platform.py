@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from zhongtai.hooks.manager import PluginManager, StartupError
+from zhongtai.jobs.types import JobTypeRegistry
 from zhongtai.settings import PluginSettings, Settings, SettingsError, load_plugin_settings
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class Platform:
         # Read once: the key file is generated on first start and never changes.
         self.secret_key = settings.resolved_secret_key()
         self.permissions: PermissionRegistry = _empty_registry()
+        self.job_types: JobTypeRegistry = JobTypeRegistry()
 
     def plugin_settings(self, name: str) -> PluginSettings:
         """The validated settings of plugin ``name`` (from its ``register_settings``)."""
@@ -192,6 +194,9 @@ def bootstrap(
         from zhongtai.identity.permissions import collect_permissions
 
         platform.permissions = collect_permissions(manager)
+        from zhongtai.jobs.types import collect_job_types
+
+        platform.job_types = collect_job_types(manager, platform.permissions)
         db.ping()
         platform.migration_branches = collect_migrations(manager)
         prepare_schema(platform, schema)

@@ -139,6 +139,45 @@ class IdentitySettings(BaseModel):
     )
 
 
+class JobsSettings(BaseModel):
+    """The work engine: ``ZHONGTAI_JOBS__<FIELD>``, TOML table ``[jobs]``."""
+
+    model_config = {"extra": "forbid"}
+
+    queue: str = Field(
+        default="embedded",
+        description="Queue driver (entry point in zhongtai.queue): embedded or rq.",
+    )
+    workers: int = Field(
+        default=4, ge=1, le=256, description="Worker threads of the embedded queue."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for the rq queue driver."
+    )
+    max_running_per_project: int = Field(
+        default=8,
+        ge=1,
+        le=100_000,
+        description="Jobs of one project that may run at once; more wait as 'held'.",
+    )
+    max_pending_per_project: int = Field(
+        default=10_000,
+        ge=1,
+        description="Jobs of one project that may wait (queued, held, scheduled); more → 429.",
+    )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds between a worker's heartbeats."
+    )
+    stale_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a running job is abandoned.",
+    )
+    reconcile_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between reconciler runs."
+    )
+
+
 class Settings(BaseSettings):
     """The core's settings. Field ``x`` is read from ``ZHONGTAI_X``."""
 
@@ -187,6 +226,7 @@ class Settings(BaseSettings):
         "default: http://HOST:PORT.",
     )
     identity: IdentitySettings = Field(default_factory=lambda: IdentitySettings())
+    jobs: JobsSettings = Field(default_factory=lambda: JobsSettings())
 
     @classmethod
     def settings_customise_sources(

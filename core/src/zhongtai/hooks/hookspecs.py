@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from zhongtai.hooks.events import Event
     from zhongtai.identity.roles import Permission
+    from zhongtai.jobs.admission import Admission, AdmissionRequest
+    from zhongtai.jobs.types import JobType
     from zhongtai.platform import Platform
     from zhongtai.settings import PluginSettings
 
@@ -151,6 +153,42 @@ def register_commands() -> list[click.Command] | None:
 
     A command whose name is already taken (by the core or an earlier plugin) is
     skipped with a warning.
+
+    Added in 0.1.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def register_job_types() -> list[JobType] | None:
+    """Called once when plugins load; return the kinds of job the plugin runs.
+
+    Each is a :class:`zhongtai.jobs.JobType`: a name starting with the plugin's name
+    (``data.import``), a pydantic model for its parameters, a handler
+    ``handler(ctx, params)`` (sync or async), and its default queue, priority,
+    timeout, retries with backoff, resources and extra permission. A name outside
+    the plugin's prefix, a duplicate, or a permission nobody declared unloads the
+    plugin. Workers run only registered types.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def admit_job(request: AdmissionRequest, platform: Platform) -> Admission | None:
+    """Called when a job is submitted, before a held job is released, and before a
+    queued job starts; return an :class:`zhongtai.jobs.Admission` to decide.
+
+    ``request.phase`` says which: ``"submit"`` (``refuse`` answers the submitter 429,
+    ``hold`` keeps the job ``held``), ``"release"`` (a held job: ``admit`` queues it)
+    or ``"start"`` (a worker is about to run it: ``hold`` sends it back to ``held``).
+    Stops at the first non-None result; the core's own policy (running jobs per
+    project, pending jobs per project, from ``[jobs]`` settings) runs last. Keep it
+    fast: it runs inside the transaction that changes the job.
 
     Added in 0.1.
     """

@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("system", "zhongtai.web.system"),
     ("lineage", "zhongtai.metadata.lineage"),
     ("identity", "zhongtai.identity.plugin"),
+    ("jobs", "zhongtai.jobs.plugin"),
 )
 
 

@@ -48,6 +48,7 @@ AUDIT_READ = Permission(
 USERS_MANAGE = Permission(
     "core.users.manage", "Create, deactivate and edit any user account", Role.owner, "site"
 )  # site scope: superusers only, whatever the role
+JOBS_READ = Permission("jobs.read", "See a project's jobs, their progress and logs")
 JOBS_SUBMIT = Permission(
     "jobs.submit", "Submit, cancel and retry jobs in a project", Role.developer
 )
@@ -68,6 +69,7 @@ CORE_PERMISSIONS: list[Permission] = [
     APIKEY_CREATE,
     AUDIT_READ,
     USERS_MANAGE,
+    JOBS_READ,
     JOBS_SUBMIT,
     LINEAGE_READ,
     LINEAGE_WRITE,

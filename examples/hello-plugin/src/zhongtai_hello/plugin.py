@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from zhongtai.hooks.events import Event
     from zhongtai.identity.roles import Permission
+    from zhongtai.jobs import JobType
     from zhongtai.platform import Platform
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
@@ -50,6 +51,14 @@ def register_routes() -> list[ControllerRouterHandler]:
 def register_permissions() -> list[Permission]:
     """``hello.greeting.read`` (viewers and up) and ``hello.greeting.write`` (developers)."""
     return PERMISSIONS
+
+
+@zhongtai.hookimpl
+def register_job_types() -> list[JobType]:
+    """``hello.echo``: log a line some number of times (see :mod:`zhongtai_hello.jobs`)."""
+    from zhongtai_hello.jobs import ECHO
+
+    return [ECHO]
 
 
 @zhongtai.hookimpl

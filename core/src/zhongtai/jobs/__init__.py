@@ -1,0 +1,12 @@
+"""Jobs: the work engine every plugin uses (job types, the jobs table, queues, logs).
+
+What a plugin needs::
+
+    from zhongtai.jobs import Admission, JobContext, JobType, Resources
+"""
+
+from zhongtai.jobs.admission import Admission, AdmissionRequest
+from zhongtai.jobs.context import JobCancelled, JobContext
+from zhongtai.jobs.types import JobType, Resources
+
+__all__ = ["Admission", "AdmissionRequest", "JobCancelled", "JobContext", "JobType", "Resources"]

@@ -1,0 +1,846 @@
+"""The work engine: submit, dispatch, run, finish, cancel, retry and reconcile jobs.
+
+The ``jobs`` table is the source of truth. Every change of state is a conditional
+``UPDATE`` in the database ("from running, attempt 3, on this worker, to
+succeeded"), so two workers handed the same job, a reconciler and a late finisher
+can never both win; the queue driver only carries job ids to workers. Delivery is
+therefore **at least once**: a job whose worker dies is run again (if it has retries
+left), so handlers must be idempotent (docs/jobs.md).
+
+One engine lives in each process that serves the API or runs jobs (stashed on the
+platform by the ``jobs`` built-in plugin). Its maintenance thread flushes live logs,
+promotes due scheduled jobs, beats the heart of the jobs running here (and picks up
+cancellations made elsewhere), and runs the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from zhongtai.hooks.events import Event, emit, utcnow
+from zhongtai.jobs.admission import AdmissionRequest, decide
+from zhongtai.jobs.context import JobCancelled, JobContext
+from zhongtai.jobs.hub import LogHub
+from zhongtai.jobs.models import FINISHED, Job, JobLog, JobStatus
+from zhongtai.metadata.ids import new_id
+from zhongtai.platform import StashKey
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from zhongtai.identity.principal import Principal
+    from zhongtai.jobs.queue.base import QueueDriver
+    from zhongtai.jobs.types import JobType
+    from zhongtai.platform import Platform
+
+__all__ = [
+    "JOBS",
+    "JobConflict",
+    "JobEngine",
+    "JobFinished",
+    "JobRefused",
+    "JobStarted",
+    "JobSubmitted",
+    "jobs_engine",
+]
+
+log = logging.getLogger("zhongtai.jobs")
+
+CANCEL_GRACE = 5.0  # seconds a cancelled or timed-out handler gets to stop
+QUEUED_GRACE = timedelta(seconds=10)  # a queued job younger than this may be in flight
+
+
+class JobRefused(Exception):
+    """Admission refused the job (answered 429)."""
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows this (answered 409)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobSubmitted(Event):
+    name: ClassVar[str] = "job.submitted"
+    job_id: str
+    job_type: str
+    status: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobStarted(Event):
+    name: ClassVar[str] = "job.started"
+    job_id: str
+    job_type: str
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobFinished(Event):
+    """``job.succeeded``, ``job.failed`` or ``job.cancelled`` (see :meth:`named`)."""
+
+    name: ClassVar[str] = "job.finished"
+    job_id: str
+    job_type: str
+    status: str
+    error: str | None = None
+
+    @staticmethod
+    def named(status: str, **fields: Any) -> JobFinished:
+        cls = {"succeeded": JobSucceeded, "failed": JobFailed, "cancelled": JobCancelledEvent}
+        return cls[status](status=status, **fields)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobSucceeded(JobFinished):
+    name: ClassVar[str] = "job.succeeded"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobFailed(JobFinished):
+    name: ClassVar[str] = "job.failed"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobCancelledEvent(JobFinished):
+    name: ClassVar[str] = "job.cancelled"
+
+
+@dataclasses.dataclass
+class _Running:
+    """A job running in this process."""
+
+    job_id: str
+    attempt: int
+    cancel: threading.Event
+    context: JobContext
+
+
+class JobEngine:
+    """Submits and runs jobs for one process; see the module docstring."""
+
+    def __init__(self, platform: Platform) -> None:
+        from zhongtai.drivers import load_driver
+
+        self.platform = platform
+        self.settings = platform.settings.jobs
+        self.types = platform.job_types
+        self.hub = LogHub()
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        # SQLite has one writer at a time: transitions of this process go one by one
+        # (PostgreSQL uses a per-project advisory lock instead, across processes).
+        self._transition_lock = threading.RLock()
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        driver_cls = load_driver("zhongtai.queue", self.settings.queue)
+        self.driver: QueueDriver = driver_cls(self)
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile once, start the driver's workers and the maintenance thread."""
+        self._stop.clear()
+        try:
+            self.reconcile(startup=True)
+        except Exception:
+            log.exception("the start-up reconciliation failed; it runs again periodically")
+        self.driver.start()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="zt-jobs-maintenance", daemon=True
+        )
+        self._maintenance.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; running ones get ``timeout`` seconds, then are left to the
+        reconciler of the next start (retried or failed with the reason)."""
+        self._stop.set()
+        self.driver.stop(timeout)
+        if self._maintenance is not None:
+            self._maintenance.join(timeout)
+        for running in self._snapshot_running():
+            running.context.flush()
+
+    # -- submitting ------------------------------------------------------------
+
+    def submit(
+        self,
+        session: Session,
+        *,
+        job_type: JobType,
+        project_id: str,
+        principal: Principal | None,
+        params: BaseModel,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        parent_id: str | None = None,
+    ) -> Job:
+        """Add a job in the caller's transaction; :meth:`dispatch` it after the commit.
+
+        Raises:
+            JobRefused: admission refused it (the transaction should roll back).
+        """
+        now = utcnow()
+        job = Job(
+            id=new_id(),
+            type=job_type.name,
+            project_id=project_id,
+            owner_id=principal.user_id if principal else None,
+            api_key_id=principal.api_key_id if principal else None,
+            parent_id=parent_id,
+            params=params.model_dump(mode="json"),
+            status=str(JobStatus.queued),
+            queue=job_type.queue,
+            priority=job_type.priority if priority is None else priority,
+            attempts=0,
+            max_attempts=1 + job_type.retries,
+            timeout=job_type.timeout,
+            progress=None,
+            progress_message="",
+            cancel_requested=False,
+            log_lines=0,
+            run_at=run_at if run_at is not None and run_at > now else None,
+            created_at=now,
+        )
+        session.add(job)
+        session.flush()
+        with self._project_lock(session, project_id):
+            decision = decide(self.platform, AdmissionRequest(job, job_type, "submit", session))
+        if decision.decision == "refuse":
+            raise JobRefused(decision.reason or "admission refused the job")
+        if job.run_at is not None:
+            job.status = str(JobStatus.scheduled)
+        elif decision.decision == "hold":
+            job.status = str(JobStatus.held)
+            job.progress_message = decision.reason[:500]
+        emit(
+            session,
+            JobSubmitted(project=project_id, job_id=job.id, job_type=job.type, status=job.status),
+        )
+        return job
+
+    def dispatch(self, jobs: Sequence[Job]) -> None:
+        """Hand committed queued jobs to the queue. A failure is left to the reconciler."""
+        for job in jobs:
+            if job.status != JobStatus.queued:
+                continue
+            try:
+                self.driver.dispatch(job.id, job.queue, job.priority)
+            except Exception as exc:
+                log.warning(
+                    "job %s could not be dispatched now (%s); the reconciler will", job.id, exc
+                )
+
+    # -- cancel and retry ------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job: at once if it waits; a running one is asked to stop.
+
+        Raises:
+            JobConflict: the job already finished.
+        """
+        released_project = None
+        with self._transition(), self.platform.db.transaction() as session:
+            job = self._locked_job(session, job_id)
+            if job is None:
+                raise LookupError(job_id)
+            if job.status in FINISHED:
+                raise JobConflict(f"the job already {job.status}")
+            if job.status == JobStatus.running:
+                job.cancel_requested = True
+                running = True
+            else:
+                running = False
+                job.status = str(JobStatus.cancelled)
+                job.finished_at = utcnow()
+                job.error = "cancelled before it started"
+                released_project = job.project_id
+                emit(session, self._finished_event(job))
+        if running:
+            self._signal_cancel(job_id)
+            self.driver.cancel_running(job_id)
+        else:
+            self.hub.publish(job_id, {"kind": "status", "status": "cancelled"})
+        if released_project:
+            self.release_held(released_project)
+
+    def retry(self, job_id: str) -> None:
+        """Queue a failed or cancelled job again, with its type's retries afresh.
+
+        Raises:
+            JobConflict: the job is not failed or cancelled.
+        """
+        with self._transition(), self.platform.db.transaction() as session:
+            job = self._locked_job(session, job_id)
+            if job is None:
+                raise LookupError(job_id)
+            if job.status not in (JobStatus.failed, JobStatus.cancelled):
+                raise JobConflict(
+                    f"only failed or cancelled jobs can be retried; this one is {job.status}"
+                )
+            job_type = self.types.get(job.type)
+            if job_type is None:
+                raise JobConflict(f"job type {job.type} is not installed")
+            job.status = str(JobStatus.queued)
+            job.max_attempts = job.attempts + 1 + job_type.retries
+            job.cancel_requested = False
+            job.finished_at = None
+            job.result = None
+            job.error = None
+            job.progress = None
+            job.progress_message = ""
+            job.run_at = None
+            session.flush()
+            with self._project_lock(session, job.project_id):
+                decision = decide(
+                    self.platform, AdmissionRequest(job, job_type, "release", session)
+                )
+            if decision.decision != "admit":
+                job.status = str(JobStatus.held)
+                job.progress_message = decision.reason[:500]
+        self.hub.publish(job_id, {"kind": "status", "status": job.status})
+        self.dispatch([job])
+
+    # -- running -----------------------------------------------------------------
+
+    def run(self, job_id: str, worker: str) -> str | None:
+        """Claim and run ``job_id`` here; return its final status, or None if skipped."""
+        claimed = self._claim(job_id, worker)
+        if claimed is None:
+            return None
+        job_type, job, params = claimed
+        cancel = threading.Event()
+        if job.cancel_requested:
+            cancel.set()
+        context = JobContext(
+            self,
+            job_id=job.id,
+            job_type=job.type,
+            project_id=job.project_id,
+            owner_id=job.owner_id,
+            attempt=job.attempts,
+            params=params,
+            first_seq=job.log_lines,
+            cancel_event=cancel,
+        )
+        running = _Running(job.id, job.attempts, cancel, context)
+        with self._running_lock:
+            self._running[job.id] = running
+        self.hub.publish(job.id, {"kind": "status", "status": "running", "attempt": job.attempts})
+        try:
+            status, result, error = self._execute(job_type, job, context, cancel)
+        finally:
+            with self._running_lock:
+                self._running.pop(job.id, None)
+        try:
+            context.flush()
+        except Exception:
+            log.exception("job %s: could not write its last log lines", job.id)
+        return self._finish(job_type, job, worker, status, result, error)
+
+    def _claim(self, job_id: str, worker: str) -> tuple[JobType, Job, BaseModel] | None:
+        from pydantic import ValidationError
+
+        with self._transition(), self.platform.db.transaction() as session:
+            job = self._locked_job(session, job_id)
+            if job is None or job.status != JobStatus.queued:
+                return None  # cancelled, already taken, or a duplicate dispatch
+            job_type = self.types.get(job.type)
+            if job_type is None:
+                self._fail_now(session, job, f"job type {job.type} is not installed on {worker}")
+                return None
+            try:
+                params = job_type.params.model_validate(job.params)
+            except ValidationError as exc:
+                self._fail_now(session, job, f"stored parameters no longer valid: {exc}")
+                return None
+            with self._project_lock(session, job.project_id):
+                decision = decide(self.platform, AdmissionRequest(job, job_type, "start", session))
+                if decision.decision != "admit":
+                    job.status = str(JobStatus.held)
+                    job.progress_message = decision.reason[:500]
+                    return None
+                now = utcnow()
+                job.status = str(JobStatus.running)
+                job.attempts += 1
+                job.worker = worker
+                job.started_at = now
+                job.heartbeat_at = now
+                job.error = None
+            emit(
+                session,
+                JobStarted(
+                    project=job.project_id, job_id=job.id, job_type=job.type, attempt=job.attempts
+                ),
+            )
+            session.flush()
+            session.expunge(job)
+        return job_type, job, params
+
+    def _execute(
+        self, job_type: JobType, job: Job, context: JobContext, cancel: threading.Event
+    ) -> tuple[str, Any, str | None]:
+        """Run the handler in its own thread, watching its timeout and cancellation."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        task_box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                if job_type.is_async:
+                    outcome["result"] = asyncio.run(_run_async(job_type, context, task_box))
+                else:
+                    outcome["result"] = job_type.handler(context, context.params)
+            except BaseException as exc:  # reported below, never lost
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"zt-job-{job.id}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + job.timeout
+        timed_out = False
+        grace_end: float | None = None
+        while not done.wait(0.1):
+            now = time.monotonic()
+            if not timed_out and now >= deadline:
+                timed_out = True
+                cancel.set()
+            if cancel.is_set() and grace_end is None:
+                grace_end = now + CANCEL_GRACE
+                _cancel_task(task_box)
+            if grace_end is not None and now >= grace_end:
+                break
+        stopped = done.is_set()
+        abandoned = (
+            ""
+            if stopped
+            else f" (the handler did not stop within {CANCEL_GRACE:g} s and was abandoned)"
+        )
+        if timed_out:
+            context.log(
+                f"[zhongtai] attempt {job.attempts} timed out after {job.timeout} s{abandoned}"
+            )
+            return str(JobStatus.failed), None, f"timed out after {job.timeout} s{abandoned}"
+        error = outcome.get("error")
+        if cancel.is_set() and (not stopped or error is not None):
+            # Asked to stop, and it stopped by raising (or not at all): cancelled. One
+            # that returned normally finished its work anyway and counts as such.
+            context.log(f"[zhongtai] cancelled{abandoned}")
+            return str(JobStatus.cancelled), None, f"cancelled while running{abandoned}"
+        if error is not None:
+            if isinstance(error, JobCancelled):
+                return str(JobStatus.cancelled), None, "cancelled while running"
+            lines = traceback.format_exception(error)
+            context.log("".join(lines).rstrip())
+            summary = f"{type(error).__name__}: {error}".strip()
+            return str(JobStatus.failed), None, summary[:2000]
+        result = outcome.get("result")
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return str(JobStatus.failed), None, f"the handler's result is not JSON: {exc}"
+        return str(JobStatus.succeeded), result, None
+
+    def _finish(
+        self,
+        job_type: JobType,
+        job: Job,
+        worker: str,
+        status: str,
+        result: Any,
+        error: str | None,
+    ) -> str | None:
+        now = utcnow()
+        retry_in: float | None = None
+        if status == JobStatus.failed and job.attempts < job.max_attempts:
+            retry_in = job_type.retry_delay(job.attempts)
+        with self._transition(), self.platform.db.transaction() as session:
+            if retry_in is not None:
+                values: dict[str, Any] = {
+                    "status": str(JobStatus.scheduled),
+                    "run_at": now + timedelta(seconds=retry_in),
+                    "error": error,
+                    "worker": None,
+                    "heartbeat_at": None,
+                }
+            else:
+                values = {
+                    "status": status,
+                    "result": result,
+                    "error": error,
+                    "finished_at": now,
+                    "heartbeat_at": None,
+                }
+                if status == JobStatus.succeeded:
+                    values["progress"] = 1.0
+            changed = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == str(JobStatus.running),
+                    Job.attempts == job.attempts,
+                    Job.worker == worker,
+                )
+                .values(**values)
+            ).rowcount  # type: ignore[attr-defined]
+            if not changed:
+                log.warning(
+                    "job %s attempt %s was settled elsewhere; %s dropped",
+                    job.id,
+                    job.attempts,
+                    status,
+                )
+                return None
+            if retry_in is None:
+                emit(
+                    session,
+                    JobFinished.named(
+                        status,
+                        project=job.project_id,
+                        job_id=job.id,
+                        job_type=job.type,
+                        error=error,
+                    ),
+                )
+        final = str(JobStatus.scheduled) if retry_in is not None else status
+        if retry_in is not None:
+            self._log_line(
+                job.id,
+                job.attempts,
+                f"[zhongtai] attempt {job.attempts} failed: {error}; retrying in {retry_in:g} s",
+            )
+        self.hub.publish(job.id, {"kind": "status", "status": final, "error": error})
+        self.release_held(job.project_id)
+        return final
+
+    # -- held jobs -------------------------------------------------------------
+
+    def release_held(self, project_id: str) -> None:
+        """Queue the project's held jobs, best first, while admission admits them."""
+        released: list[Job] = []
+        with self._transition(), self.platform.db.transaction() as session:
+            held = list(
+                session.scalars(
+                    select(Job)
+                    .where(Job.project_id == project_id, Job.status == str(JobStatus.held))
+                    .order_by(Job.priority.desc(), Job.id)
+                    .limit(100)
+                )
+            )
+            if not held:
+                return
+            with self._project_lock(session, project_id):
+                for job in held:
+                    job_type = self.types.get(job.type)
+                    if job_type is None:
+                        continue
+                    decision = decide(
+                        self.platform, AdmissionRequest(job, job_type, "release", session)
+                    )
+                    if decision.decision != "admit":
+                        job.progress_message = decision.reason[:500]
+                        break
+                    job.status = str(JobStatus.queued)
+                    job.progress_message = ""
+                    session.flush()
+                    released.append(job)
+        self.dispatch(released)
+
+    # -- maintenance -----------------------------------------------------------
+
+    def _maintain(self) -> None:
+        next_beat = next_reconcile = 0.0
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            try:
+                for running in self._snapshot_running():
+                    running.context.flush()
+                self.promote_due()
+                if now >= next_beat:
+                    next_beat = now + self.settings.heartbeat_interval
+                    self.heartbeat()
+                if now >= next_reconcile:
+                    next_reconcile = now + self.settings.reconcile_interval
+                    self.reconcile()
+            except Exception:
+                log.exception("jobs maintenance failed; trying again")
+
+    def promote_due(self) -> None:
+        """Queue scheduled jobs whose time has come."""
+        now = utcnow()
+        with self._transition(), self.platform.db.transaction() as session:
+            due = list(
+                session.scalars(
+                    select(Job)
+                    .where(Job.status == str(JobStatus.scheduled), Job.run_at <= now)
+                    .order_by(Job.run_at)
+                    .limit(500)
+                )
+            )
+            for job in due:
+                job.status = str(JobStatus.queued)
+                job.run_at = None
+        self.dispatch(due)
+
+    def heartbeat(self) -> None:
+        """Mark the jobs running here alive; pick up cancellations made elsewhere."""
+        running = self._snapshot_running()
+        if not running:
+            return
+        ids = [r.job_id for r in running]
+        with self.platform.db.engine.begin() as connection:
+            connection.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.status == str(JobStatus.running))
+                .values(heartbeat_at=utcnow())
+            )
+            cancelled = set(
+                connection.scalars(select(Job.id).where(Job.id.in_(ids), Job.cancel_requested))
+            )
+        for item in running:
+            if item.job_id in cancelled:
+                item.cancel.set()
+
+    def reconcile(self, *, startup: bool = False) -> dict[str, int]:
+        """Repair what a crash or an outage left: returns counts of what it did.
+
+        - ``running`` jobs whose worker stopped beating (``stale_after``), or that
+          this host's previous server process was running (on a start-up of the
+          embedded queue), are retried or failed with the reason;
+        - ``queued`` jobs the queue does not hold are dispatched again;
+        - ``held`` jobs are offered to admission again.
+        """
+        now = utcnow()
+        stale_before = now - timedelta(seconds=self.settings.stale_after)
+        counts = {"abandoned": 0, "redispatched": 0}
+        with self.platform.db.transaction() as session:
+            stuck = list(
+                session.scalars(
+                    select(Job).where(
+                        Job.status == str(JobStatus.running),
+                        func.coalesce(Job.heartbeat_at, Job.started_at) < stale_before,
+                    )
+                )
+            )
+            if startup and self.driver.runs_in_process:
+                prefix = f"{self.driver.name}:{socket.gethostname()}:"
+                mine = f"{self.driver.name}:{self.node}:"
+                stuck += list(
+                    session.scalars(
+                        select(Job).where(
+                            Job.status == str(JobStatus.running),
+                            Job.worker.startswith(prefix, autoescape=True),
+                            ~Job.worker.startswith(mine, autoescape=True),
+                        )
+                    )
+                )
+            session.expunge_all()
+        seen: set[str] = set()
+        for job in stuck:
+            if job.id in seen:
+                continue
+            seen.add(job.id)
+            last = job.heartbeat_at or job.started_at
+            if (
+                job.worker
+                and job.worker.startswith(f"{self.driver.name}:{socket.gethostname()}:")
+                and startup
+            ):
+                reason = f"interrupted: the server running it ({job.worker}) stopped"
+            else:
+                beat = last.isoformat() if last else "never"
+                reason = (
+                    f"abandoned: worker {job.worker} stopped responding (last heartbeat {beat})"
+                )
+            if self._abandon(job, reason):
+                counts["abandoned"] += 1
+        with self.platform.db.transaction() as session:
+            queued = list(
+                session.execute(
+                    select(Job.id, Job.queue, Job.priority, Job.created_at).where(
+                        Job.status == str(JobStatus.queued)
+                    )
+                )
+            )
+            projects = set(
+                session.scalars(
+                    select(Job.project_id).where(Job.status == str(JobStatus.held)).distinct()
+                )
+            )
+        candidates = [row for row in queued if startup or row.created_at < now - QUEUED_GRACE]
+        if candidates:
+            missing = self.driver.missing([row.id for row in candidates])
+            for row in candidates:
+                if row.id in missing:
+                    try:
+                        self.driver.dispatch(row.id, row.queue, row.priority)
+                        counts["redispatched"] += 1
+                    except Exception as exc:
+                        log.warning("reconcile: job %s not dispatched: %s", row.id, exc)
+        for project_id in projects:
+            self.release_held(project_id)
+        if any(counts.values()):
+            log.info("jobs reconciled: %s", counts)
+        return counts
+
+    def _abandon(self, job: Job, reason: str) -> bool:
+        job_type = self.types.get(job.type)
+        now = utcnow()
+        retry = job_type is not None and job.attempts < job.max_attempts
+        with self._transition(), self.platform.db.transaction() as session:
+            values: dict[str, Any] = {"error": reason, "worker": None, "heartbeat_at": None}
+            if retry:
+                assert job_type is not None
+                values.update(
+                    status=str(JobStatus.scheduled),
+                    run_at=now + timedelta(seconds=job_type.retry_delay(job.attempts)),
+                )
+            else:
+                values.update(status=str(JobStatus.failed), finished_at=now)
+            changed = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == str(JobStatus.running),
+                    Job.attempts == job.attempts,
+                    Job.worker == job.worker,
+                )
+                .values(**values)
+            ).rowcount  # type: ignore[attr-defined]
+            if changed and not retry:
+                emit(
+                    session,
+                    JobFinished.named(
+                        "failed",
+                        project=job.project_id,
+                        job_id=job.id,
+                        job_type=job.type,
+                        error=reason,
+                    ),
+                )
+        if changed:
+            what = "retrying" if retry else "failed"
+            self._log_line(
+                job.id, job.attempts, f"[zhongtai] attempt {job.attempts} {reason}; {what}"
+            )
+            self.hub.publish(
+                job.id, {"kind": "status", "status": values["status"], "error": reason}
+            )
+            log.warning("job %s: %s (%s)", job.id, reason, what)
+            if not retry:
+                self.release_held(job.project_id)
+        return bool(changed)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _snapshot_running(self) -> list[_Running]:
+        with self._running_lock:
+            return list(self._running.values())
+
+    def _signal_cancel(self, job_id: str) -> None:
+        with self._running_lock:
+            running = self._running.get(job_id)
+        if running is not None:
+            running.cancel.set()
+
+    def _locked_job(self, session: Session, job_id: str) -> Job | None:
+        query = select(Job).where(Job.id == job_id)
+        if not self.platform.db.is_embedded:
+            query = query.with_for_update()
+        return session.scalar(query)
+
+    @contextmanager
+    def _transition(self) -> Iterator[None]:
+        if self.platform.db.is_embedded:
+            with self._transition_lock:
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def _project_lock(self, session: Session, project_id: str) -> Iterator[None]:
+        """Admission decisions of one project, one at a time (across processes on PostgreSQL)."""
+        if not self.platform.db.is_embedded:
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:p))"), {"p": project_id})
+        yield
+
+    def _fail_now(self, session: Session, job: Job, reason: str) -> None:
+        job.status = str(JobStatus.failed)
+        job.error = reason
+        job.finished_at = utcnow()
+        emit(session, self._finished_event(job))
+        log.error("job %s failed before it ran: %s", job.id, reason)
+
+    def _finished_event(self, job: Job) -> JobFinished:
+        return JobFinished.named(
+            job.status, project=job.project_id, job_id=job.id, job_type=job.type, error=job.error
+        )
+
+    def _log_line(self, job_id: str, attempt: int, line: str) -> None:
+        """One line of the engine's own in the job's log (outside any handler)."""
+        from sqlalchemy import insert
+
+        try:
+            with self.platform.db.engine.begin() as connection:
+                seq = connection.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(log_lines=Job.log_lines + 1)
+                    .returning(Job.log_lines)
+                ).scalar_one()
+                at = utcnow()
+                connection.execute(
+                    insert(JobLog),
+                    [{"job_id": job_id, "seq": seq, "at": at, "attempt": attempt, "line": line}],
+                )
+            self.hub.publish(
+                job_id,
+                {
+                    "kind": "line",
+                    "seq": seq,
+                    "at": at.isoformat(),
+                    "attempt": attempt,
+                    "line": line,
+                },
+            )
+        except Exception:
+            log.exception("job %s: could not write %r to its log", job_id, line)
+
+
+async def _run_async(job_type: JobType, context: JobContext, box: dict[str, Any]) -> Any:
+    task = asyncio.ensure_future(job_type.handler(context, context.params))
+    box["loop"], box["task"] = asyncio.get_running_loop(), task
+    return await task
+
+
+def _cancel_task(box: dict[str, Any]) -> None:
+    loop, task = box.get("loop"), box.get("task")
+    if loop is not None and task is not None:
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(task.cancel)
+
+
+JOBS: StashKey[JobEngine] = StashKey()
+
+
+def jobs_engine(platform: Platform) -> JobEngine:
+    """The process's job engine (created by the ``jobs`` plugin's start-up)."""
+    if JOBS not in platform.stash:
+        raise RuntimeError("the jobs engine is not running (the jobs plugin did not start)")
+    return platform.stash[JOBS]

@@ -1,0 +1,46 @@
+"""Jobs as a built-in plugin: the API, the core's admission policy, and the engine's life.
+
+The engine starts with the app (or ``zhongtai worker``) and stops with it; each
+process that serves the API or runs jobs has one (see :mod:`zhongtai.jobs.engine`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import zhongtai
+
+if TYPE_CHECKING:
+    from zhongtai.jobs.admission import Admission, AdmissionRequest
+    from zhongtai.platform import Platform
+
+
+@zhongtai.hookimpl
+def register_routes() -> list[Any]:
+    from zhongtai.jobs.api import ROUTES
+
+    return list(ROUTES)
+
+
+@zhongtai.hookimpl(trylast=True)
+def admit_job(request: AdmissionRequest, platform: Platform) -> Admission:
+    from zhongtai.jobs.admission import core_policy
+
+    return core_policy(request, platform)
+
+
+@zhongtai.hookimpl
+def startup(platform: Platform) -> None:
+    from zhongtai.jobs.engine import JOBS, JobEngine
+
+    engine = JobEngine(platform)
+    platform.stash[JOBS] = engine
+    engine.start()
+
+
+@zhongtai.hookimpl
+def shutdown(platform: Platform) -> None:
+    from zhongtai.jobs.engine import JOBS
+
+    if JOBS in platform.stash:
+        platform.stash[JOBS].stop()

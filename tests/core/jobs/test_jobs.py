@@ -1,0 +1,590 @@
+"""Jobs on the embedded queue, through the API: submit, run, fail, retry, cancel, follow."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+import zhongtai
+from zhongtai.jobs import Admission, JobContext, JobType
+from zhongtai.jobs.models import Job
+from zhongtai.testing import ZtIdentity
+
+JOBS = "/api/v1/jobs"
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class AddParams(BaseModel):
+    a: int
+    b: int = Field(ge=0)
+    lines: int = Field(default=0, ge=0, le=20_000)
+    sleep: float = Field(default=0.0, ge=0)
+    fail_times: int = 0
+
+
+ATTEMPTS: dict[str, int] = {}
+
+
+def add(ctx: JobContext, params: AddParams) -> dict[str, int]:
+    for i in range(params.lines):
+        ctx.log(f"line {i + 1} password=hunter2")
+    if params.sleep:
+        ctx.wait(params.sleep)
+        ctx.check_cancelled()
+    ATTEMPTS[ctx.job_id] = ATTEMPTS.get(ctx.job_id, 0) + 1
+    if ATTEMPTS[ctx.job_id] <= params.fail_times:
+        raise ValueError(f"attempt {ctx.attempt} went wrong")
+    ctx.progress(1.0, "done")
+    return {"sum": params.a + params.b}
+
+
+async def add_async(ctx: JobContext, params: AddParams) -> dict[str, int]:
+    import asyncio
+
+    ctx.log("async start")
+    await asyncio.sleep(params.sleep)
+    return {"sum": params.a + params.b}
+
+
+def stubborn(ctx: JobContext, params: AddParams) -> None:
+    time.sleep(params.sleep)  # ignores cancellation
+
+
+class DemoJobs:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.hold_all = False
+
+    @zhongtai.hookimpl
+    def register_job_types(self) -> list[JobType]:
+        return [
+            JobType("demo.add", add, AddParams, retries=2, backoff=0.0, timeout=30),
+            JobType("demo.add_async", add_async, AddParams, timeout=1),
+            JobType("demo.stubborn", stubborn, AddParams, timeout=1),
+            JobType("demo.once", add, AddParams, retries=0),
+        ]
+
+    @zhongtai.hookimpl
+    def on_event(self, event: Any) -> None:
+        if event.name.startswith("job."):
+            self.events.append((event.name, event.job_id))
+
+    @zhongtai.hookimpl
+    def admit_job(self, request: Any) -> Admission | None:
+        if request.job.params.get("a") == 666:
+            return Admission.refuse("the number of the beast")
+        if self.hold_all and request.phase == "start":
+            return Admission.hold("held by the test policy")
+        return None
+
+
+@pytest.fixture
+def demo(zt_register_plugin: Callable[..., None]) -> DemoJobs:
+    plugin = DemoJobs()
+    zt_register_plugin(plugin, name="demo")
+    return plugin
+
+
+@pytest.fixture
+def jobs_app(
+    demo: DemoJobs, zt_app_factory: Callable[..., Any], zt_settings: Any
+) -> Callable[..., Any]:
+    @contextmanager
+    def make(**jobs: Any) -> Iterator[tuple[TestClient[Any], ZtIdentity]]:
+        settings = zt_settings.model_copy(update={"jobs": zt_settings.jobs.model_copy(update=jobs)})
+        app = zt_app_factory(settings=settings)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client, ZtIdentity(app.state["platform"])
+
+    return make
+
+
+@pytest.fixture
+def env(jobs_app: Callable[..., Any]) -> Iterator[tuple[TestClient[Any], ZtIdentity]]:
+    with jobs_app() as pair:
+        yield pair
+
+
+def submit(client: TestClient[Any], headers: dict[str, str], **body: Any) -> Any:
+    return client.post(JOBS, json=body, headers=headers)
+
+
+def wait_for(
+    client: TestClient[Any], headers: dict[str, str], job_id: str, statuses: set[str] = FINAL
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        job = client.get(f"{JOBS}/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} stayed {job['status']}")
+
+
+def test_hook_register_job_types(env, demo):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    types = client.get(f"{JOBS}/types", headers=headers).json()["items"]
+    add_type = next(t for t in types if t["name"] == "demo.add")
+    assert add_type["retries"] == 2
+    assert add_type["params_schema"]["properties"]["b"]["minimum"] == 0
+    response = submit(client, headers, type="demo.add", project=project.id, params={"a": 2, "b": 3})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["status"] == "queued" and created["owner"] == user.id
+    job = wait_for(client, headers, created["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"] == {"sum": 5}
+    assert job["progress"] == 1.0 and job["attempts"] == 1
+    assert job["started_at"] and job["finished_at"]
+    assert ("job.submitted", job["id"]) in demo.events
+    assert ("job.succeeded", job["id"]) in demo.events
+
+
+def test_async_handlers_run_and_time_out(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    ok = submit(client, headers, type="demo.add_async", project=project.id, params={"a": 1, "b": 1})
+    slow = submit(
+        client,
+        headers,
+        type="demo.add_async",
+        project=project.id,
+        params={"a": 1, "b": 1, "sleep": 5},
+    )
+    assert wait_for(client, headers, ok.json()["id"])["result"] == {"sum": 2}
+    timed_out = wait_for(client, headers, slow.json()["id"])
+    assert timed_out["status"] == "failed"
+    assert timed_out["error"].startswith("timed out after 1 s")
+
+
+def test_bad_submissions_name_the_field(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    unknown = submit(client, headers, type="demo.nope", project=project.id)
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "type"
+    bad = submit(client, headers, type="demo.add", project=project.id, params={"a": 1, "b": -1})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "params.b"
+    missing = submit(client, headers, type="demo.add", project=project.id, params={"b": 1})
+    assert missing.json()["errors"][0]["field"] == "params.a"
+    naive = submit(
+        client,
+        headers,
+        type="demo.add",
+        project=project.id,
+        params={"a": 1, "b": 1},
+        run_at="2030-01-01T00:00:00",
+    )
+    assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "run_at"
+    priority = submit(
+        client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1}, priority=1000
+    )
+    assert priority.status_code == 400 or priority.status_code == 422
+    extra = submit(client, headers, type="demo.add", project=project.id, params={}, owner="x")
+    assert extra.status_code in (400, 422)
+
+
+def test_shell_metacharacters_are_just_data(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    response = submit(
+        client, headers, type="demo.add", project=project.id, params={"a": "$(id)", "b": 1}
+    )
+    assert response.status_code == 422  # an int field refuses it; nothing ran
+    assert response.json()["errors"][0]["field"] == "params.a"
+
+
+def test_a_failing_handler_fails_with_a_summary_and_a_logged_traceback(env, demo):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    created = submit(
+        client,
+        headers,
+        type="demo.once",
+        project=project.id,
+        params={"a": 1, "b": 1, "fail_times": 5},
+    ).json()
+    job = wait_for(client, headers, created["id"])
+    assert job["status"] == "failed"
+    assert job["error"] == "ValueError: attempt 1 went wrong"
+    assert "Traceback" not in job["error"]
+    lines = client.get(f"{JOBS}/{job['id']}/logs", headers=headers).json()["items"]
+    text = "\n".join(item["line"] for item in lines)
+    assert "Traceback (most recent call last)" in text and "went wrong" in text
+    assert ("job.failed", job["id"]) in demo.events
+
+
+def test_retries_until_it_succeeds(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    created = submit(
+        client,
+        headers,
+        type="demo.add",
+        project=project.id,
+        params={"a": 1, "b": 2, "fail_times": 2},
+    ).json()
+    job = wait_for(client, headers, created["id"])
+    assert job["status"] == "succeeded" and job["attempts"] == 3 and job["error"] is None
+    lines = client.get(f"{JOBS}/{job['id']}/logs", headers=headers).json()["items"]
+    assert sum("failed: ValueError" in item["line"] for item in lines) == 2
+
+
+def test_cancel_waiting_running_and_finished_jobs(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    later = submit(
+        client,
+        headers,
+        type="demo.add",
+        project=project.id,
+        params={"a": 1, "b": 1},
+        run_at="2099-01-01T00:00:00Z",
+    ).json()
+    assert later["status"] == "scheduled"
+    cancelled = client.post(f"{JOBS}/{later['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    again = client.post(f"{JOBS}/{later['id']}/cancel", headers=headers)
+    assert again.status_code == 409
+    running = submit(
+        client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1, "sleep": 30}
+    ).json()
+    wait_for(client, headers, running["id"], {"running"})
+    assert client.post(f"{JOBS}/{running['id']}/cancel", headers=headers).status_code == 202
+    job = wait_for(client, headers, running["id"])
+    assert job["status"] == "cancelled" and job["error"] == "cancelled while running"
+    retried = client.post(f"{JOBS}/{running['id']}/retry", headers=headers)
+    assert retried.status_code == 202
+    # sleep 30 again: cancel once more so the test ends quickly
+    wait_for(client, headers, running["id"], {"running"})
+    client.post(f"{JOBS}/{running['id']}/cancel", headers=headers)
+    assert wait_for(client, headers, running["id"])["attempts"] == 2
+
+
+def test_a_handler_that_ignores_cancellation_is_abandoned_on_timeout(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    created = submit(
+        client,
+        headers,
+        type="demo.stubborn",
+        project=project.id,
+        params={"a": 0, "b": 0, "sleep": 30},
+    ).json()
+    job = wait_for(client, headers, created["id"])
+    assert job["status"] == "failed"
+    assert "did not stop" in job["error"]
+
+
+def test_only_failed_or_cancelled_jobs_can_be_retried(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    done = submit(
+        client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1}
+    ).json()
+    wait_for(client, headers, done["id"])
+    assert client.post(f"{JOBS}/{done['id']}/retry", headers=headers).status_code == 409
+
+
+def test_idempotency_key(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    other = identity.user()
+    identity.member(other, project, "developer")
+    body = {"type": "demo.add", "project": project.id, "params": {"a": 1, "b": 1}}
+    first = client.post(
+        JOBS, json=body, headers={**identity.headers(user), "Idempotency-Key": "k1"}
+    )
+    assert first.status_code == 201
+    repeat = client.post(
+        JOBS, json=body, headers={**identity.headers(user), "Idempotency-Key": "k1"}
+    )
+    assert repeat.status_code == 200 and repeat.json()["id"] == first.json()["id"]
+    changed = client.post(
+        JOBS,
+        json={**body, "params": {"a": 2, "b": 1}},
+        headers={**identity.headers(user), "Idempotency-Key": "k1"},
+    )
+    assert changed.status_code == 422
+    theirs = client.post(
+        JOBS, json=body, headers={**identity.headers(other), "Idempotency-Key": "k1"}
+    )
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+
+def test_other_projects_jobs_do_not_exist(env):
+    client, identity = env
+    alice, alices = identity.project_with("developer")
+    bob, _bobs = identity.project_with("developer")
+    viewer = identity.user()
+    identity.member(viewer, alices, "viewer")
+    job = submit(
+        client, identity.headers(alice), type="demo.add", project=alices.id, params={"a": 1, "b": 1}
+    ).json()
+    for method, path in [
+        ("get", f"{JOBS}/{job['id']}"),
+        ("get", f"{JOBS}/{job['id']}/logs"),
+        ("get", f"{JOBS}/{job['id']}/logs/stream"),
+        ("post", f"{JOBS}/{job['id']}/cancel"),
+        ("post", f"{JOBS}/{job['id']}/retry"),
+    ]:
+        response = getattr(client, method)(path, headers=identity.headers(bob))
+        assert response.status_code == 404, (method, path, response.text)
+    assert client.get(JOBS, headers=identity.headers(bob)).json()["items"] == []
+    listed = client.get(
+        JOBS, headers=identity.headers(viewer), params={"project": alices.id}
+    ).json()
+    assert [j["id"] for j in listed["items"]] == [job["id"]]
+    into_other = submit(
+        client, identity.headers(bob), type="demo.add", project=alices.id, params={"a": 1, "b": 1}
+    )
+    assert into_other.status_code == 404
+    as_viewer = submit(
+        client,
+        identity.headers(viewer),
+        type="demo.add",
+        project=alices.id,
+        params={"a": 1, "b": 1},
+    )
+    assert as_viewer.status_code == 403
+    assert client.get(JOBS).status_code == 401
+
+
+def test_hook_admit_job(jobs_app, demo):
+    with jobs_app(max_running_per_project=1) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        refused = submit(
+            client, headers, type="demo.add", project=project.id, params={"a": 666, "b": 1}
+        )
+        assert refused.status_code == 429 and "beast" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        first = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 1, "b": 1, "sleep": 0.5},
+        ).json()
+        wait_for(client, headers, first["id"], {"running"})
+        low = submit(
+            client, headers, type="demo.add", project=project.id, params={"a": 2, "b": 0}
+        ).json()
+        high = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 3, "b": 0},
+            priority=50,
+        ).json()
+        assert low["status"] == "held" and high["status"] == "held"
+        assert "limit 1" in low["progress_message"]
+        done = [wait_for(client, headers, j["id"]) for j in (first, low, high)]
+        assert all(j["status"] == "succeeded" for j in done)
+        # Held jobs start by priority, then in submission order.
+        assert done[2]["started_at"] < done[1]["started_at"]
+
+
+def test_a_policy_can_hold_a_job_at_start(jobs_app, demo):
+    demo.hold_all = True
+    with jobs_app() as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        job = submit(
+            client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1}
+        ).json()
+        held = wait_for(client, headers, job["id"], {"held"})
+        assert held["progress_message"] == "held by the test policy"
+        demo.hold_all = False
+        platform = client.app.state["platform"]
+        from zhongtai.jobs.engine import jobs_engine
+
+        jobs_engine(platform).release_held(project.id)
+        assert wait_for(client, headers, job["id"])["status"] == "succeeded"
+
+
+def read_events(
+    client: TestClient[Any], url: str, headers: dict[str, str]
+) -> list[tuple[str, Any, Any]]:
+    events = []
+    with client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        event: dict[str, Any] = {}
+        for line in response.iter_lines():
+            if not line:
+                if event:
+                    events.append((event.get("event"), event.get("id"), json.loads(event["data"])))
+                event = {}
+                continue
+            name, _, value = line.partition(": ")
+            event[name] = value
+    return events
+
+
+def test_log_stream_sends_every_line_in_order_and_resumes(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    job = submit(
+        client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1, "lines": 3000}
+    ).json()
+    events = read_events(client, f"{JOBS}/{job['id']}/logs/stream", headers)
+    lines = [data for kind, _id, data in events if kind == "line"]
+    assert [item["seq"] for item in lines] == list(range(1, 3001))
+    assert lines[0]["line"] == "line 1 password=********"  # secrets masked
+    assert events[-1][0] == "status" and events[-1][2]["status"] == "succeeded"
+    resumed = read_events(
+        client, f"{JOBS}/{job['id']}/logs/stream", {**headers, "Last-Event-ID": "2990"}
+    )
+    assert [d["seq"] for k, _i, d in resumed if k == "line"] == list(range(2991, 3001))
+    paged = client.get(
+        f"{JOBS}/{job['id']}/logs", headers=headers, params={"after": 10, "limit": 5}
+    ).json()
+    assert [item["seq"] for item in paged["items"]] == [11, 12, 13, 14, 15]
+    assert paged["next_after"] == 15
+
+
+def test_live_stream_follows_a_running_job(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    job = submit(
+        client,
+        headers,
+        type="demo.add",
+        project=project.id,
+        params={"a": 1, "b": 1, "sleep": 1, "lines": 5},
+    ).json()
+    events = read_events(client, f"{JOBS}/{job['id']}/logs/stream", headers)
+    assert [d["seq"] for k, _i, d in events if k == "line"] == [1, 2, 3, 4, 5]
+    assert events[-1][2]["status"] == "succeeded"
+
+
+def test_a_rolled_back_submission_never_runs(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    platform = client.app.state["platform"]
+    from zhongtai.identity.principal import Principal
+    from zhongtai.jobs.engine import jobs_engine
+
+    engine = jobs_engine(platform)
+    with pytest.raises(RuntimeError), platform.db.transaction() as session:
+        engine.submit(
+            session,
+            job_type=engine.types.get("demo.add"),
+            project_id=project.id,
+            principal=Principal(user.id),
+            params=AddParams(a=1, b=1),
+        )
+        raise RuntimeError("abandon")
+    assert engine.reconcile(startup=True)["redispatched"] == 0
+    with platform.db.transaction() as session:
+        assert session.scalars(select(Job)).all() == []
+
+
+def test_restart_resumes_queued_jobs_and_settles_interrupted_ones(jobs_app):
+    import socket
+
+    from zhongtai.hooks.events import utcnow
+
+    with jobs_app(workers=1) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        from zhongtai.jobs.engine import jobs_engine
+
+        jobs_engine(platform).driver.stop(5)  # no worker takes anything from now on
+        queued = submit(
+            client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1}
+        ).json()
+        interrupted = submit(
+            client, headers, type="demo.once", project=project.id, params={"a": 1, "b": 1}
+        ).json()
+        with platform.db.transaction() as session:
+            job = session.get(Job, interrupted["id"])
+            job.status, job.attempts, job.started_at = "running", 1, utcnow()
+            job.worker = f"embedded:{socket.gethostname()}:1:w0"  # a process that is gone
+            job.heartbeat_at = utcnow()
+    with jobs_app(workers=1) as (client, identity):
+        assert wait_for(client, headers, queued["id"])["status"] == "succeeded"
+        settled = wait_for(client, headers, interrupted["id"])
+        assert settled["status"] == "failed"
+        assert settled["error"].startswith("interrupted: the server running it")
+
+
+def test_a_dead_worker_is_noticed_by_its_missing_heartbeat(jobs_app):
+    from datetime import timedelta
+
+    from zhongtai.hooks.events import utcnow
+
+    with jobs_app(stale_after=1.0, reconcile_interval=0.2) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        job = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 1, "b": 1},
+            run_at="2099-01-01T00:00:00Z",
+        ).json()
+        with platform.db.transaction() as session:
+            row = session.get(Job, job["id"])
+            row.status, row.attempts, row.worker = "running", 1, "rq:elsewhere:42:w"
+            row.started_at = row.heartbeat_at = utcnow() - timedelta(seconds=30)
+        settled = wait_for(client, headers, job["id"])
+        # demo.add has retries left: the abandoned attempt is retried and succeeds.
+        assert settled["status"] == "succeeded" and settled["attempts"] == 2
+        lines = client.get(f"{JOBS}/{job['id']}/logs", headers=headers).json()["items"]
+        assert any(
+            "abandoned: worker rq:elsewhere:42:w stopped responding" in i["line"] for i in lines
+        )
+
+
+def test_concurrent_submissions_over_the_limit_get_429(jobs_app):
+    with jobs_app(max_pending_per_project=20, workers=1) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        from zhongtai.jobs.engine import jobs_engine
+
+        jobs_engine(platform).driver.stop(5)
+        codes: list[int] = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            response = submit(
+                client, headers, type="demo.add", project=project.id, params={"a": 1, "b": 1}
+            )
+            with lock:
+                codes.append(response.status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes.count(201) == 20 and codes.count(429) == 20
+        assert client.get("/healthz").status_code == 200
