@@ -11,6 +11,8 @@ unexport PYTHONDONTWRITEBYTECODE
 export UV_PYTHON := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 # The PostgreSQL server of the second test run; each test creates and drops its own database.
 TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+# The Redis of the second run's rq queue driver; each test uses queue names of its own.
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: serve test test-sqlite test-postgres lint format typecheck check sync bench help
 
@@ -38,8 +40,15 @@ test-sqlite: sync
 
 test-postgres: sync
 	@if $(UV) run --no-sync python -c "import psycopg; psycopg.connect('$(TEST_POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
-		echo "== tests on PostgreSQL ($(TEST_POSTGRES_URL))"; \
-		ZHONGTAI_TEST_DATABASE_URL=$(TEST_POSTGRES_URL) $(UV) run --no-sync pytest $(PYTEST_ARGS); \
+		if $(UV) run --no-sync python -c "import redis; redis.Redis.from_url('$(TEST_REDIS_URL)', socket_connect_timeout=3).ping()" 2>/dev/null; then \
+			echo "== tests on PostgreSQL ($(TEST_POSTGRES_URL)) + Redis ($(TEST_REDIS_URL), rq queue driver)"; \
+			ZHONGTAI_TEST_DATABASE_URL=$(TEST_POSTGRES_URL) ZHONGTAI_TEST_REDIS_URL=$(TEST_REDIS_URL) $(UV) run --no-sync pytest $(PYTEST_ARGS); \
+		elif [ -n "$$ZHONGTAI_REQUIRE_POSTGRES" ]; then \
+			echo "Redis is not reachable at $(TEST_REDIS_URL)" >&2; exit 1; \
+		else \
+			echo "== tests on PostgreSQL ($(TEST_POSTGRES_URL)); Redis not reachable, so the rq driver is not tested"; \
+			ZHONGTAI_TEST_DATABASE_URL=$(TEST_POSTGRES_URL) $(UV) run --no-sync pytest $(PYTEST_ARGS); \
+		fi; \
 	elif [ -n "$$ZHONGTAI_REQUIRE_POSTGRES" ]; then \
 		echo "PostgreSQL is not reachable at $(TEST_POSTGRES_URL)" >&2; exit 1; \
 	else \

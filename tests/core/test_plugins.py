@@ -68,7 +68,7 @@ def test_plugins_setting_chooses_what_loads(zt_app_factory, zt_settings):
     settings = zt_settings.model_copy(update={"plugins": ["misspelled"]})
     app = zt_app_factory(settings=settings, plugins=None)
     names = set(app.state["platform"].plugins.records)
-    assert names == {"system", "lineage", "identity", "jobs", "misspelled"}
+    assert names == {"system", "lineage", "identity", "jobs", "webhooks", "misspelled"}
 
 
 def test_table_collision_between_plugins_is_refused_naming_both(zt_app_factory):

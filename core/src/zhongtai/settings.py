@@ -154,6 +154,11 @@ class JobsSettings(BaseModel):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis for the rq queue driver."
     )
+    queue_prefix: str = Field(
+        default="zt",
+        pattern=r"^[a-z0-9_-]{1,32}$",
+        description="Prefix of the RQ queue names and Redis channels (one per platform).",
+    )
     max_running_per_project: int = Field(
         default=8,
         ge=1,
@@ -176,6 +181,41 @@ class JobsSettings(BaseModel):
     reconcile_interval: float = Field(
         default=15.0, gt=0, description="Seconds between reconciler runs."
     )
+
+
+class WebhooksSettings(BaseModel):
+    """Outbound webhooks: ``ZHONGTAI_WEBHOOKS__<FIELD>``, TOML table ``[webhooks]``."""
+
+    model_config = {"extra": "forbid"}
+
+    allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated CIDR networks webhooks may reach although they are private "
+            "(e.g. 10.0.0.0/8); loopback, private, link-local and metadata addresses are "
+            "refused otherwise."
+        ),
+    )
+    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds per delivery attempt.")
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network in CIDR notation") from None
+        return value
 
 
 class Settings(BaseSettings):
@@ -227,6 +267,7 @@ class Settings(BaseSettings):
     )
     identity: IdentitySettings = Field(default_factory=lambda: IdentitySettings())
     jobs: JobsSettings = Field(default_factory=lambda: JobsSettings())
+    webhooks: WebhooksSettings = Field(default_factory=lambda: WebhooksSettings())
 
     @classmethod
     def settings_customise_sources(

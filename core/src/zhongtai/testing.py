@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from zhongtai.settings import Settings
 
 TEST_DATABASE_ENV = "ZHONGTAI_TEST_DATABASE_URL"
+TEST_REDIS_ENV = "ZHONGTAI_TEST_REDIS_URL"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,17 +92,98 @@ def zt_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def redis_for_tests() -> str | None:
+    """The Redis URL the rq queue driver is tested against, or None for the embedded queue."""
+    return os.environ.get(TEST_REDIS_ENV) or None
+
+
 @pytest.fixture
-def zt_settings(tmp_path: Path, zt_database_url: str, zt_clean_env: None) -> Settings:
-    """Settings for one test: a temporary data directory and the test's database."""
+def zt_settings(tmp_path: Path, zt_database_url: str, zt_clean_env: None) -> Iterator[Settings]:
+    """Settings for one test: a temporary data directory and the test's database.
+
+    With ``ZHONGTAI_TEST_REDIS_URL`` set, jobs go through the ``rq`` driver on that
+    Redis, under queue names of the test's own (removed afterwards); a test that runs
+    jobs starts workers with :func:`rq_worker_thread`.
+    """
     from zhongtai.settings import load_settings
 
-    return load_settings(
+    settings = load_settings(
         home=tmp_path / "home",
         database_url=zt_database_url,
         log_format="text",
         access_log=False,
     )
+    redis_url = redis_for_tests()
+    if redis_url is None:
+        yield settings
+        return
+    prefix = f"zt-test-{secrets.token_hex(5)}"
+    jobs = settings.jobs.model_copy(
+        update={"queue": "rq", "redis_url": redis_url, "queue_prefix": prefix}
+    )
+    yield settings.model_copy(update={"jobs": jobs})
+    _forget_redis_keys(redis_url, prefix)
+
+
+def _forget_redis_keys(redis_url: str, prefix: str) -> None:
+    from redis import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        for pattern in (f"*{prefix}*",):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
+@contextmanager
+def rq_worker_thread(platform: Platform, *, count: int = 1) -> Iterator[list[Any]]:
+    """Run ``count`` rq workers in threads of this process for the ``with`` block.
+
+    They use the app's own engine (heartbeats, timeouts, cancellation), take from
+    every queue of the installed job types, and stop when the block ends. Does nothing
+    (yields ``[]``) when the platform uses another queue driver.
+    """
+    import threading
+
+    from zhongtai.jobs.engine import jobs_engine
+    from zhongtai.jobs.queue.rq import PlatformWorker, RQQueue, set_engine
+
+    engine = jobs_engine(platform)
+    driver = engine.driver
+    if not isinstance(driver, RQQueue):
+        yield []
+        return
+
+    class ThreadWorker(PlatformWorker):
+        def _install_signal_handlers(self) -> None:  # signals belong to the main thread
+            pass
+
+    stop = threading.Event()
+    names = driver.queue_names(sorted({t.queue for t in engine.types}))
+    workers: list[Any] = []
+
+    def loop(index: int) -> None:
+        while not stop.is_set():
+            # A fresh worker per burst: RQ registers one on start and removes it on exit.
+            worker = ThreadWorker(names, connection=driver.redis)
+            workers.append(worker)
+            worker.work(burst=True)
+            stop.wait(0.02)
+
+    set_engine(engine)
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield workers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        set_engine(None)
 
 
 @pytest.fixture

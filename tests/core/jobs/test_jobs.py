@@ -17,7 +17,7 @@ from sqlalchemy import select
 import zhongtai
 from zhongtai.jobs import Admission, JobContext, JobType
 from zhongtai.jobs.models import Job
-from zhongtai.testing import ZtIdentity
+from zhongtai.testing import ZtIdentity, redis_for_tests, rq_worker_thread
 
 JOBS = "/api/v1/jobs"
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -99,11 +99,15 @@ def jobs_app(
     demo: DemoJobs, zt_app_factory: Callable[..., Any], zt_settings: Any
 ) -> Callable[..., Any]:
     @contextmanager
-    def make(**jobs: Any) -> Iterator[tuple[TestClient[Any], ZtIdentity]]:
+    def make(rq_workers: int = 2, **jobs: Any) -> Iterator[tuple[TestClient[Any], ZtIdentity]]:
+        workers = rq_workers
         settings = zt_settings.model_copy(update={"jobs": zt_settings.jobs.model_copy(update=jobs)})
         app = zt_app_factory(settings=settings)
         with TestClient(app, raise_server_exceptions=False) as client:
-            yield client, ZtIdentity(app.state["platform"])
+            platform = app.state["platform"]
+            # The rq driver (PostgreSQL + Redis run) needs workers; embedded runs its own.
+            with rq_worker_thread(platform, count=workers):
+                yield client, ZtIdentity(platform)
 
     return make
 
@@ -503,12 +507,13 @@ def test_a_rolled_back_submission_never_runs(env):
         assert session.scalars(select(Job)).all() == []
 
 
+@pytest.mark.skipif(redis_for_tests() is not None, reason="the embedded queue's restart")
 def test_restart_resumes_queued_jobs_and_settles_interrupted_ones(jobs_app):
     import socket
 
     from zhongtai.hooks.events import utcnow
 
-    with jobs_app(workers=1) as (client, identity):
+    with jobs_app(workers=1, rq_workers=0) as (client, identity):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)
         platform = client.app.state["platform"]
@@ -564,7 +569,7 @@ def test_a_dead_worker_is_noticed_by_its_missing_heartbeat(jobs_app):
 
 
 def test_concurrent_submissions_over_the_limit_get_429(jobs_app):
-    with jobs_app(max_pending_per_project=20, workers=1) as (client, identity):
+    with jobs_app(max_pending_per_project=20, workers=1, rq_workers=0) as (client, identity):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)
         platform = client.app.state["platform"]

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lineage", "zhongtai.metadata.lineage"),
     ("identity", "zhongtai.identity.plugin"),
     ("jobs", "zhongtai.jobs.plugin"),
+    ("webhooks", "zhongtai.hooks.webhooks.plugin"),
 )
 
 

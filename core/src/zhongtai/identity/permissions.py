@@ -52,6 +52,11 @@ JOBS_READ = Permission("jobs.read", "See a project's jobs, their progress and lo
 JOBS_SUBMIT = Permission(
     "jobs.submit", "Submit, cancel and retry jobs in a project", Role.developer
 )
+WEBHOOKS_MANAGE = Permission(
+    "webhooks.manage",
+    "Add, change and remove a project's webhooks and read their deliveries",
+    Role.maintainer,
+)
 LINEAGE_READ = Permission("lineage.read", "See lineage edges between a project's objects")
 LINEAGE_WRITE = Permission(
     "lineage.write", "Record lineage edges between a project's objects", Role.developer
@@ -71,6 +76,7 @@ CORE_PERMISSIONS: list[Permission] = [
     USERS_MANAGE,
     JOBS_READ,
     JOBS_SUBMIT,
+    WEBHOOKS_MANAGE,
     LINEAGE_READ,
     LINEAGE_WRITE,
 ]

@@ -138,6 +138,9 @@ def submit_job(
     principal = access.principal
     caller = principal.api_key_id or principal.user_id
     digest = _request_hash(data)
+    # Refuse (503) before anything is written when the queue is down, rather than
+    # acknowledge jobs that wait for the reconciler.
+    engine.driver.check()
     try:
         with platform.db.transaction() as session:
             access.require(session, project_id=_existing_project(session, data.project))

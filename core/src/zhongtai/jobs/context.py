@@ -116,10 +116,18 @@ class JobContext:
             values["log_lines"] = case((Job.log_lines < last_seq, last_seq), else_=Job.log_lines)
         if progress is not None:
             values["progress"], values["progress_message"] = progress
-        with self.engine.platform.db.engine.begin() as connection:
-            if rows:
-                connection.execute(insert(JobLog), rows)
-            connection.execute(update(Job).where(Job.id == self.job_id).values(**values))
+        try:
+            with self.engine.platform.db.engine.begin() as connection:
+                if rows:
+                    connection.execute(insert(JobLog), rows)
+                connection.execute(update(Job).where(Job.id == self.job_id).values(**values))
+        except Exception:
+            # Keep them for the next flush (the database may be back by then).
+            with self._lock:
+                self._buffer[:0] = rows
+                if self._progress is None:
+                    self._progress = progress
+            raise
 
     @property
     def last_seq(self) -> int:

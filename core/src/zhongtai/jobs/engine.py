@@ -62,7 +62,10 @@ __all__ = [
 log = logging.getLogger("zhongtai.jobs")
 
 CANCEL_GRACE = 5.0  # seconds a cancelled or timed-out handler gets to stop
-QUEUED_GRACE = timedelta(seconds=10)  # a queued job younger than this may be in flight
+FINISH_PATIENCE = 120.0  # seconds a worker keeps trying to record an outcome
+# A queued job younger than this may be on its way to the queue right now (committed,
+# not yet dispatched); the reconciler leaves it alone.
+QUEUED_GRACE = timedelta(seconds=2)
 
 
 class JobRefused(Exception):
@@ -240,7 +243,7 @@ class JobEngine:
             if job.status != JobStatus.queued:
                 continue
             try:
-                self.driver.dispatch(job.id, job.queue, job.priority)
+                self.driver.dispatch(job.id, job.queue, job.priority, job.timeout)
             except Exception as exc:
                 log.warning(
                     "job %s could not be dispatched now (%s); the reconciler will", job.id, exc
@@ -272,7 +275,7 @@ class JobEngine:
                 released_project = job.project_id
                 emit(session, self._finished_event(job))
         if running:
-            self._signal_cancel(job_id)
+            self.signal_cancel(job_id)
             self.driver.cancel_running(job_id)
         else:
             self.hub.publish(job_id, {"kind": "status", "status": "cancelled"})
@@ -347,11 +350,7 @@ class JobEngine:
         finally:
             with self._running_lock:
                 self._running.pop(job.id, None)
-        try:
-            context.flush()
-        except Exception:
-            log.exception("job %s: could not write its last log lines", job.id)
-        return self._finish(job_type, job, worker, status, result, error)
+        return self._finish(job_type, job, worker, status, result, error, context)
 
     def _claim(self, job_id: str, worker: str) -> tuple[JobType, Job, BaseModel] | None:
         from pydantic import ValidationError
@@ -458,6 +457,43 @@ class JobEngine:
         return str(JobStatus.succeeded), result, None
 
     def _finish(
+        self,
+        job_type: JobType,
+        job: Job,
+        worker: str,
+        status: str,
+        result: Any,
+        error: str | None,
+        context: JobContext,
+    ) -> str | None:
+        """Write the last log lines and record the attempt's outcome, retrying while the
+        database is unreachable.
+
+        Giving up (after :data:`FINISH_PATIENCE` seconds) leaves the job ``running``
+        without heartbeats: the reconciler then runs it again, which at-least-once
+        delivery allows; a recorded outcome is always preferred.
+        """
+        from sqlalchemy.exc import DBAPIError
+
+        delay, deadline = 0.2, time.monotonic() + FINISH_PATIENCE
+        while True:
+            try:
+                context.flush()
+                return self._settle(job_type, job, worker, status, result, error)
+            except DBAPIError as exc:
+                if time.monotonic() >= deadline:
+                    log.error("job %s: outcome %s not recorded: %s", job.id, status, exc)
+                    return None
+                log.warning(
+                    "job %s: the database is unavailable; recording %s again in %.1f s",
+                    job.id,
+                    status,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _settle(
         self,
         job_type: JobType,
         job: Job,
@@ -673,7 +709,7 @@ class JobEngine:
         with self.platform.db.transaction() as session:
             queued = list(
                 session.execute(
-                    select(Job.id, Job.queue, Job.priority, Job.created_at).where(
+                    select(Job.id, Job.queue, Job.priority, Job.timeout, Job.created_at).where(
                         Job.status == str(JobStatus.queued)
                     )
                 )
@@ -689,7 +725,7 @@ class JobEngine:
             for row in candidates:
                 if row.id in missing:
                     try:
-                        self.driver.dispatch(row.id, row.queue, row.priority)
+                        self.driver.dispatch(row.id, row.queue, row.priority, row.timeout)
                         counts["redispatched"] += 1
                     except Exception as exc:
                         log.warning("reconcile: job %s not dispatched: %s", row.id, exc)
@@ -753,7 +789,7 @@ class JobEngine:
         with self._running_lock:
             return list(self._running.values())
 
-    def _signal_cancel(self, job_id: str) -> None:
+    def signal_cancel(self, job_id: str) -> None:
         with self._running_lock:
             running = self._running.get(job_id)
         if running is not None:

@@ -22,6 +22,14 @@ def register_routes() -> list[Any]:
     return list(ROUTES)
 
 
+@zhongtai.hookimpl
+def register_commands() -> list[Any]:
+    """``zhongtai worker``: run jobs from Redis (queue driver rq)."""
+    from zhongtai.jobs.cli import worker
+
+    return [worker]
+
+
 @zhongtai.hookimpl(trylast=True)
 def admit_job(request: AdmissionRequest, platform: Platform) -> Admission:
     from zhongtai.jobs.admission import core_policy

@@ -103,11 +103,47 @@ def forbidden_handler(request: Request[Any, Any, Any], exc: Forbidden) -> Respon
     return problem(403, f"requires the permission {exc}", instance=request.url.path)
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {
-    NotFound: not_found_handler,
-    Forbidden: forbidden_handler,
-    HTTPException: http_exception_handler,
-    Exception: internal_error_handler,
-}
+def unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """503 with ``Retry-After`` while the database or the queue cannot be reached.
+
+    Lost connections are retried by the next request (the pool pre-pings and
+    reconnects), so the caller's best move is to try again shortly.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_outage(exc):
+        return internal_error_handler(request, exc)
+    log.warning("service unavailable on %s %s: %s", request.method, request.url.path, exc)
+    what = "the database" if isinstance(exc, DBAPIError) else "the job queue"
+    return problem(
+        503,
+        f"{what} is unavailable right now; try again shortly",
+        headers={"Retry-After": "5"},
+        instance=request.url.path,
+    )
+
+
+def _is_outage(exc: Exception) -> bool:
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "locked" not in str(exc).lower()
+
+
+def _handlers() -> dict[Any, Any]:
+    from sqlalchemy.exc import DBAPIError
+
+    from zhongtai.jobs.queue.base import QueueUnavailable
+
+    return {
+        NotFound: not_found_handler,
+        Forbidden: forbidden_handler,
+        HTTPException: http_exception_handler,
+        DBAPIError: unavailable_handler,
+        QueueUnavailable: unavailable_handler,
+        Exception: internal_error_handler,
+    }
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = _handlers()
 
 __all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]

@@ -45,5 +45,18 @@ ECHO = JobType(
     EchoParams,
     description="Log a line of text, some number of times",
     timeout=600,
+    retries=2,
+    backoff=1.0,
     permission=GREETING_WRITE.name,
 )
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def noop(ctx: JobContext, params: NoParams) -> None:
+    """Do nothing: what the engine itself costs (bench/jobs.py)."""
+
+
+NOOP = JobType("hello.noop", noop, NoParams, description="Do nothing (benchmarks)", timeout=60)

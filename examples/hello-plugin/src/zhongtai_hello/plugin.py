@@ -55,10 +55,10 @@ def register_permissions() -> list[Permission]:
 
 @zhongtai.hookimpl
 def register_job_types() -> list[JobType]:
-    """``hello.echo``: log a line some number of times (see :mod:`zhongtai_hello.jobs`)."""
-    from zhongtai_hello.jobs import ECHO
+    """``hello.echo`` (log a line some number of times) and ``hello.noop``."""
+    from zhongtai_hello.jobs import ECHO, NOOP
 
-    return [ECHO]
+    return [ECHO, NOOP]
 
 
 @zhongtai.hookimpl

@@ -32,8 +32,9 @@ class QueueDriver(abc.ABC):
         self.engine = engine
 
     @abc.abstractmethod
-    def dispatch(self, job_id: str, queue: str, priority: int) -> None:
-        """Make ``job_id`` available to a worker (priority: higher first).
+    def dispatch(self, job_id: str, queue: str, priority: int, timeout: int) -> None:
+        """Make ``job_id`` available to a worker (priority: higher first; ``timeout``:
+        the job's own, in seconds, for drivers that enforce one of their own).
 
         Raises:
             QueueUnavailable: the queue cannot take it now (the reconciler retries).

@@ -36,7 +36,7 @@ class EmbeddedQueue(QueueDriver):
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def dispatch(self, job_id: str, queue: str, priority: int) -> None:
+    def dispatch(self, job_id: str, queue: str, priority: int, timeout: int) -> None:
         with self._lock:
             if job_id in self._pending:
                 return

@@ -1,0 +1,1 @@
+"""Outbound webhooks: a project's events, signed and delivered over HTTP as jobs."""

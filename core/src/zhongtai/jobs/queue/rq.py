@@ -1,0 +1,253 @@
+"""The ``rq`` queue driver: Redis + RQ, with ``zhongtai worker`` on any number of machines.
+
+- **Queues and priorities.** Each job type's queue becomes three RQ queues,
+  ``<prefix>:<queue>:high|normal|low`` (priority > 0, = 0, < 0); workers take from
+  them in that order.
+- **What runs.** An RQ job carries one argument, the platform job's id, and always
+  the same function, :func:`execute`; payloads are JSON (RQ's ``JSONSerializer``,
+  never pickle), and :class:`PlatformWorker` refuses any RQ job that names another
+  function. The job's type, parameters and state come from the database, so only
+  registered job types run.
+- **Delays and retries** (``run_at``, backoff) are kept in the database as
+  ``scheduled`` jobs and queued when due by the engine's maintenance thread, so a
+  Redis restart loses none of them.
+- **Timeouts and cancellation.** The engine watches each job's timeout; RQ's own
+  timeout is a backstop a minute later. Cancelling a running job sends RQ's
+  ``stop-job`` command; the worker turns it into the job's cancellation.
+- **Redis outages.** A job is committed to the database before it is enqueued;
+  while Redis is unreachable ``POST /api/v1/jobs`` answers 503, and jobs that were
+  committed but not enqueued are enqueued by the reconciler once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from zhongtai.jobs.queue.base import QueueDriver, QueueUnavailable
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from zhongtai.jobs.engine import JobEngine
+
+__all__ = ["BANDS", "PlatformWorker", "RQQueue", "execute"]
+
+log = logging.getLogger("zhongtai.jobs")
+
+BANDS = ("high", "normal", "low")
+EXECUTE = "zhongtai.jobs.queue.rq.execute"
+RQ_TIMEOUT_MARGIN = 60  # seconds RQ waits beyond the job's own timeout
+RESULT_TTL = 3600  # the database keeps results; RQ's copy is only for its tooling
+
+_engine: JobEngine | None = None  # the worker process's engine (set by `zhongtai worker`)
+
+
+def band(priority: int) -> str:
+    return "high" if priority > 0 else "low" if priority < 0 else "normal"
+
+
+def execute(job_id: str) -> str | None:
+    """What every RQ job runs: claim and run one platform job in this worker."""
+    if _engine is None:
+        raise RuntimeError("no job engine in this process: start workers with `zhongtai worker`")
+    from rq import get_current_job
+
+    current = get_current_job()
+    worker = (current.worker_name if current is not None else None) or "rq"
+    return _engine.run(job_id, f"rq:{_engine.node}:{worker}")
+
+
+class RQQueue(QueueDriver):
+    name: ClassVar[str] = "rq"
+    runs_in_process: ClassVar[bool] = False
+
+    def __init__(self, engine: JobEngine) -> None:
+        super().__init__(engine)
+        from redis import Redis
+
+        settings = engine.settings
+        self.prefix = settings.queue_prefix
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        self._queues: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        from zhongtai.jobs.hub import Relay
+
+        # Live log lines cross processes through Redis pub/sub (the database has them all).
+        engine.hub.relay = Relay(engine.hub, self.redis, self.prefix, engine.node)
+
+    # -- queues ------------------------------------------------------------------
+
+    def queue_name(self, queue: str, priority_band: str) -> str:
+        return f"{self.prefix}:{queue}:{priority_band}"
+
+    def queue_names(self, queues: Sequence[str]) -> list[str]:
+        """Every RQ queue for these job queues, highest band first."""
+        return [self.queue_name(q, b) for b in BANDS for q in queues]
+
+    def rq_queue(self, name: str) -> Any:
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        with self._lock:
+            if name not in self._queues:
+                self._queues[name] = Queue(name, connection=self.redis, serializer=JSONSerializer)
+            return self._queues[name]
+
+    # -- the driver interface ------------------------------------------------------
+
+    def dispatch(self, job_id: str, queue: str, priority: int, timeout: int) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            self.rq_queue(self.queue_name(queue, band(priority))).enqueue_call(
+                EXECUTE,
+                args=(job_id,),
+                job_id=job_id,
+                timeout=int(timeout) + RQ_TIMEOUT_MARGIN,
+                result_ttl=RESULT_TTL,
+                failure_ttl=RESULT_TTL,
+                description=f"platform job {job_id}",
+            )
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
+
+    def missing(self, job_ids: Sequence[str]) -> set[str]:
+        from redis.exceptions import RedisError
+        from rq.job import Job as RQJob
+        from rq.job import JobStatus as RQStatus
+        from rq.serializers import JSONSerializer
+
+        alive = {RQStatus.QUEUED, RQStatus.STARTED, RQStatus.SCHEDULED, RQStatus.DEFERRED}
+        gone: set[str] = set()
+        try:
+            for job_id in job_ids:
+                try:
+                    rq_job = RQJob.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+                except Exception:  # NoSuchJobError, or a hash left half-written
+                    gone.add(job_id)
+                    continue
+                if rq_job.get_status(refresh=False) not in alive:
+                    gone.add(job_id)
+        except RedisError as exc:
+            log.warning("reconcile: Redis at %s unreachable: %s", self._where(), exc)
+            return set()  # nothing can be dispatched now anyway
+        return gone
+
+    def cancel_running(self, job_id: str) -> None:
+        from rq.command import send_stop_job_command
+        from rq.serializers import JSONSerializer
+
+        try:
+            send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
+        except Exception as exc:  # not started yet, or Redis away: the heartbeat catches it
+            log.info(
+                "stop-job for %s not sent (%s); workers see the flag at their heartbeat",
+                job_id,
+                exc,
+            )
+
+    def check(self) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            self.redis.ping()
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
+
+    def types_key(self) -> str:
+        return f"{self.prefix}:job-types"
+
+    def missing_plugins(self) -> dict[str, str]:
+        """``{job type: plugin}`` that servers or workers registered and this process lacks."""
+        known = self.redis.hgetall(self.types_key())
+        mine = {t.name for t in self.engine.types}
+        result = {}
+        for job_type, plugin in known.items():
+            name = job_type.decode() if isinstance(job_type, bytes) else job_type
+            if name not in mine:
+                result[name] = plugin.decode() if isinstance(plugin, bytes) else plugin
+        return result
+
+    def start(self) -> None:
+        """Record this process's job types; warn about a Redis that may evict jobs."""
+        types = {t.name: self.engine.types.owner(t.name) or "" for t in self.engine.types}
+        try:
+            if types:
+                self.redis.hset(self.types_key(), mapping=types)
+        except Exception as exc:
+            log.warning("could not record job types in Redis at %s: %s", self._where(), exc)
+        try:
+            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception as exc:
+            log.warning("could not read Redis maxmemory-policy at %s: %s", self._where(), exc)
+            return
+        if policy and policy != "noeviction":
+            log.warning(
+                "Redis at %s has maxmemory-policy=%s: under memory pressure it may evict "
+                "queued jobs (the reconciler re-queues them, late). Set it to noeviction.",
+                self._where(),
+                policy,
+            )
+
+    def stop(self, timeout: float) -> None:
+        if self.engine.hub.relay is not None:
+            self.engine.hub.relay.stop()
+
+    def _where(self) -> str:
+        from zhongtai.settings import mask_url_password
+
+        return mask_url_password(self.engine.settings.redis_url)
+
+
+def _worker_base() -> type:
+    from rq.worker import SimpleWorker
+
+    return SimpleWorker
+
+
+class PlatformWorker(_worker_base()):  # type: ignore[misc]
+    """An RQ worker that runs platform jobs in its own process and nothing else.
+
+    Jobs run in this process (no fork per job): the engine's threads watch each
+    job's timeout, cancellation and heartbeat, and RQ's ``stop-job`` command becomes
+    a cancellation.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from rq.serializers import JSONSerializer
+        from rq.timeouts import TimerDeathPenalty
+
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        self.death_penalty_class = TimerDeathPenalty  # works outside the main thread too
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        if job.func_name != EXECUTE:
+            log.error("refusing RQ job %s: it names %r, not a platform job", job.id, job.func_name)
+            job.delete()
+            return None
+        return super().execute_job(job, queue)
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's ``stop-job`` command: cancel the platform job running here."""
+        job_id = self.get_current_job_id()
+        if job_id and _engine is not None:
+            _engine.signal_cancel(job_id)
+
+
+def set_engine(engine: JobEngine | None) -> None:
+    """Make ``engine`` the one :func:`execute` runs jobs with (``zhongtai worker``)."""
+    global _engine
+    _engine = engine
+
+
+def redis_for(engine: JobEngine) -> Redis:
+    driver = engine.driver
+    if not isinstance(driver, RQQueue):
+        raise TypeError("the configured queue driver is not rq")
+    return driver.redis

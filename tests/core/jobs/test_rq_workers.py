@@ -1,0 +1,185 @@
+"""``zhongtai worker`` processes on real Redis: the CLI, and a worker killed mid-job.
+
+Runs where Redis is (``ZHONGTAI_TEST_REDIS_URL``: the PostgreSQL + Redis run), against
+the test's own database — SQLite or PostgreSQL — and queue names of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from redis import Redis
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from zhongtai.testing import ZtIdentity, redis_for_tests
+
+pytestmark = pytest.mark.zt_plugins("hello")
+needs_redis = pytest.mark.skipif(
+    redis_for_tests() is None, reason="needs Redis (ZHONGTAI_TEST_REDIS_URL)"
+)
+
+JOBS = "/api/v1/jobs"
+FAST = {"heartbeat_interval": 0.3, "stale_after": 2.0, "reconcile_interval": 0.3}
+
+
+@pytest.fixture
+def fast_settings(zt_settings: Any) -> Any:
+    return zt_settings.model_copy(
+        update={"jobs": zt_settings.jobs.model_copy(update=FAST), "plugins": ["hello"]}
+    )
+
+
+@pytest.fixture
+def spawn_worker(
+    fast_settings: Any, tmp_path: Any
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    jobs = fast_settings.jobs
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ZHONGTAI_")},
+            "ZHONGTAI_HOME": str(fast_settings.home),
+            "ZHONGTAI_DATABASE_URL": fast_settings.effective_database_url,
+            "ZHONGTAI_SECRET_KEY": fast_settings.resolved_secret_key(),
+            "ZHONGTAI_PLUGINS": "hello",
+            "ZHONGTAI_JOBS__QUEUE": "rq",
+            "ZHONGTAI_JOBS__REDIS_URL": jobs.redis_url,
+            "ZHONGTAI_JOBS__QUEUE_PREFIX": jobs.queue_prefix,
+            "ZHONGTAI_JOBS__HEARTBEAT_INTERVAL": str(FAST["heartbeat_interval"]),
+            "ZHONGTAI_LOG_FORMAT": "text",
+        }
+        log = open(tmp_path / f"worker{len(started)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zhongtai", "worker", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+@contextmanager
+def server(
+    zt_app_factory: Callable[..., Any], settings: Any
+) -> Iterator[tuple[TestClient[Any], ZtIdentity]]:
+    app = zt_app_factory(settings=settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, ZtIdentity(app.state["platform"])
+
+
+def wait_for(
+    client: Any, headers: Any, job_id: str, statuses: set[str], seconds: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = client.get(f"{JOBS}/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} stayed {job['status']}")
+
+
+@needs_redis
+def test_a_worker_process_runs_jobs(zt_app_factory, fast_settings, spawn_worker):
+    with server(zt_app_factory, fast_settings) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        worker = spawn_worker()
+        ids = [
+            client.post(
+                JOBS,
+                json={
+                    "type": "hello.echo",
+                    "project": project.id,
+                    "params": {"text": f"n{i}", "repeat": 2},
+                },
+                headers=headers,
+            ).json()["id"]
+            for i in range(5)
+        ]
+        for job_id in ids:
+            job = wait_for(client, headers, job_id, {"succeeded", "failed"})
+            assert job["status"] == "succeeded" and job["worker"].startswith("rq:")
+        assert worker.poll() is None
+
+
+@needs_redis
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes(
+    zt_app_factory, fast_settings, spawn_worker
+):
+    with server(zt_app_factory, fast_settings) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        first = spawn_worker()
+        job = client.post(
+            JOBS,
+            json={
+                "type": "hello.echo",
+                "project": project.id,
+                "params": {"text": "slow", "repeat": 6, "delay": 0.5},
+            },
+            headers=headers,
+        ).json()
+        running = wait_for(client, headers, job["id"], {"running"})
+        assert running["attempts"] == 1
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        spawn_worker()
+        done = wait_for(client, headers, job["id"], {"succeeded", "failed"}, seconds=60)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2
+        lines = client.get(
+            f"{JOBS}/{job['id']}/logs", headers=headers, params={"limit": 1000}
+        ).json()
+        assert any("abandoned: worker rq:" in item["line"] for item in lines["items"])
+        # Redis agrees with the database: the platform job's RQ job finished.
+        redis = Redis.from_url(fast_settings.jobs.redis_url)
+        rq_job = RQJob.fetch(job["id"], connection=redis, serializer=JSONSerializer)
+        assert rq_job.get_status() == "finished"
+
+
+@needs_redis
+def test_worker_refuses_to_start_without_a_plugin_the_servers_run(
+    zt_app_factory, fast_settings, spawn_worker
+):
+    with server(zt_app_factory, fast_settings):
+        redis = Redis.from_url(fast_settings.jobs.redis_url)
+        redis.hset(f"{fast_settings.jobs.queue_prefix}:job-types", "data.import", "data")
+        worker = spawn_worker()
+        assert worker.wait(60) == 1
+
+
+def test_worker_explains_the_embedded_queue(zt_settings):
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ZHONGTAI_")},
+        "ZHONGTAI_HOME": str(zt_settings.home),
+        "ZHONGTAI_JOBS__QUEUE": "embedded",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "zhongtai", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "ZHONGTAI_JOBS__QUEUE=rq" in result.stderr
