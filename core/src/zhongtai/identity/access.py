@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -229,42 +230,72 @@ def _visible_template(kind: str, key_project: bool) -> Select[Any]:
     return stmt
 
 
-def _project_access(
-    session: Session, principal: Principal, project_id: str
-) -> tuple[bool, Role | None]:
-    """One query: whether the project exists for an active user, and the user's role there."""
-    uid = principal.user_id
-    pm = aliased(ProjectMember)
-    om = aliased(OrgMember)
-    stmt = (
+class Memo(Protocol):
+    """Where answers about one target may be kept (the identity cache, per request)."""
+
+    def get(self, key: Hashable) -> Any: ...
+
+    def put(self, key: Hashable, value: Any) -> None: ...
+
+
+@functools.cache
+def _project_access_statement() -> Any:
+    """Built once: constructing it costs more than running it."""
+    uid = bindparam("zt_uid", type_=String)
+    pm = aliased(ProjectMember, name="zt_pm")
+    om = aliased(OrgMember, name="zt_om")
+    return (
         select(func.coalesce(pm.role, om.role))
         .select_from(Project)
-        .join(User, _active_user(uid))
+        .join(User, and_(User.id == uid, User.is_active.is_(True)))
         .outerjoin(pm, and_(pm.project_id == Project.id, pm.user_id == uid))
         .outerjoin(om, and_(om.org_id == Project.org_id, om.user_id == uid))
-        .where(Project.id == project_id)
+        .where(Project.id == bindparam("zt_project", type_=String))
     )
-    row = session.execute(stmt).first()
-    if row is None:
-        return False, None
-    return True, _role_or_none(row[0])
 
 
-def _org_access(session: Session, principal: Principal, org_id: str) -> tuple[bool, Role | None]:
-    """One query: whether the organization exists for an active user, and the user's role."""
-    uid = principal.user_id
-    om = aliased(OrgMember)
-    stmt = (
+@functools.cache
+def _org_access_statement() -> Any:
+    uid = bindparam("zt_uid", type_=String)
+    om = aliased(OrgMember, name="zt_om")
+    return (
         select(om.role)
         .select_from(Organization)
-        .join(User, _active_user(uid))
+        .join(User, and_(User.id == uid, User.is_active.is_(True)))
         .outerjoin(om, and_(om.org_id == Organization.id, om.user_id == uid))
-        .where(Organization.id == org_id)
+        .where(Organization.id == bindparam("zt_org", type_=String))
     )
-    row = session.execute(stmt).first()
-    if row is None:
-        return False, None
-    return True, _role_or_none(row[0])
+
+
+def _project_access(
+    session: Session, principal: Principal, project_id: str, memo: Memo | None = None
+) -> tuple[bool, Role | None]:
+    """One query: whether the project exists for an active user, and the user's role there."""
+    key = ("project-access", principal.user_id, project_id)
+    if memo is not None and (hit := memo.get(key)) is not None:
+        return hit  # type: ignore[no-any-return]
+    params = {"zt_uid": principal.user_id, "zt_project": project_id}
+    row = session.execute(_project_access_statement(), params).first()
+    answer = (False, None) if row is None else (True, _role_or_none(row[0]))
+    if memo is not None:
+        memo.put(key, answer)
+    return answer
+
+
+def _org_access(
+    session: Session, principal: Principal, org_id: str, memo: Memo | None = None
+) -> tuple[bool, Role | None]:
+    """One query: whether the organization exists for an active user, and the user's role."""
+    key = ("org-access", principal.user_id, org_id)
+    if memo is not None and (hit := memo.get(key)) is not None:
+        return hit  # type: ignore[no-any-return]
+    row = session.execute(
+        _org_access_statement(), {"zt_uid": principal.user_id, "zt_org": org_id}
+    ).first()
+    answer = (False, None) if row is None else (True, _role_or_none(row[0]))
+    if memo is not None:
+        memo.put(key, answer)
+    return answer
 
 
 def _user_is_active(session: Session, user_id: str) -> bool:
@@ -292,6 +323,7 @@ def has_permission(
     *,
     project_id: str | None = None,
     org_id: str | None = None,
+    memo: Memo | None = None,
 ) -> bool:
     """Whether ``principal`` holds ``permission`` on one project or organization.
 
@@ -318,10 +350,10 @@ def has_permission(
         return principal.is_superuser and _user_is_active(session, principal.user_id)
     if permission.scope == "org":
         assert org_id is not None
-        found, role = _org_access(session, principal, org_id)
+        found, role = _org_access(session, principal, org_id, memo)
     else:
         assert project_id is not None
-        found, role = _project_access(session, principal, project_id)
+        found, role = _project_access(session, principal, project_id, memo)
     return found and _role_admits(principal, permission, role)
 
 
@@ -333,6 +365,7 @@ def require(
     project_id: str | None = None,
     org_id: str | None = None,
     read_permission: Permission | None = None,
+    memo: Memo | None = None,
 ) -> None:
     """Raise unless ``principal`` holds ``permission`` on the target.
 
@@ -346,6 +379,8 @@ def require(
         org_id: The organization, for an organization-scope permission.
         read_permission: What it takes to know the target exists; defaults to
             ``core.project.read`` or ``core.org.read`` by the permission's scope.
+        memo: Keeps the caller's role on the target between requests (the identity
+            cache); the answers are those of the database when the request began.
 
     Raises:
         NotFound: The principal cannot read the target (or it does not exist, or the
@@ -362,11 +397,11 @@ def require(
 
     if permission.scope == "org":
         assert org_id is not None
-        found, role = _org_access(session, principal, org_id)
+        found, role = _org_access(session, principal, org_id, memo)
         read = read_permission or ORG_READ
     else:
         assert project_id is not None
-        found, role = _project_access(session, principal, project_id)
+        found, role = _project_access(session, principal, project_id, memo)
         read = read_permission or PROJECT_READ
 
     # Reading ignores the key's permission subset (see the module docstring) but not

@@ -6,7 +6,8 @@ request does (the projects list's SQL alone takes longer than a whole ``/healthz
 so each server process keeps the answers, tagged with the **identity generation**:
 a counter in the ``identity_generation`` table that database triggers bump in the
 same transaction as any write to users' active and superuser flags, organizations,
-projects, memberships or API keys (migration ``c0e1a0000003``).
+projects, memberships or API keys (migration ``c0e1a0000003``), and to webhooks
+(``c0e1a0000005``: which projects have one is asked on every event).
 
 Every request reads the counter (one primary-key read on a connection the cache
 holds: microseconds on SQLite, one round trip on PostgreSQL) before it trusts

@@ -308,7 +308,9 @@ class Access:
             raise rules.NotFound(None)
         if perm.scope == "org" and org_id is None:
             raise rules.NotFound(None)
-        rules.require(session, self.principal, perm, project_id=project_id, org_id=org_id)
+        rules.require(
+            session, self.principal, perm, project_id=project_id, org_id=org_id, memo=self._memo()
+        )
 
     def has(
         self,
@@ -325,7 +327,15 @@ class Access:
             self.permission(permission),
             project_id=project_id,
             org_id=org_id,
+            memo=self._memo(),
         )
+
+    def _memo(self) -> rules.Memo | None:
+        """The identity cache, at the generation this request was authenticated under."""
+        generation = self._scope.get(GENERATION_SCOPE_KEY)
+        if generation is None:
+            return None
+        return _RequestMemo(identity_cache(self.platform), generation)
 
     def remembered(self, key: Hashable) -> Any:
         """What :meth:`remember` kept for this caller, route permission and ``key``, or None.
@@ -385,6 +395,17 @@ class Access:
         entry.update({k: v for k, v in values.items() if v is not None})
         if detail:
             entry.setdefault("detail", {}).update(detail)
+
+
+class _RequestMemo:
+    def __init__(self, cache: Any, generation: int) -> None:
+        self._cache, self._generation = cache, generation
+
+    def get(self, key: Hashable) -> Any:
+        return self._cache.get("principal", key, self._generation)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._cache.put("principal", key, self._generation, value)
 
 
 def provide_access(

@@ -70,28 +70,36 @@ def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
     settings = platform.settings.jobs
     job, session = request.job, request.session
 
-    def count(*statuses: JobStatus) -> int:
-        query = select(func.count()).where(
-            Job.project_id == job.project_id,
-            Job.status.in_([str(s) for s in statuses]),
-            Job.id != job.id,
+    def count(limit: int, *statuses: JobStatus) -> int:
+        """How many such jobs, counting no further than ``limit``: an index range scan
+        that stops early, whatever the project's backlog."""
+        matching = (
+            select(Job.id)
+            .where(
+                Job.project_id == job.project_id,
+                Job.status.in_([str(s) for s in statuses]),
+                Job.id != job.id,
+            )
+            .limit(limit)
+            .subquery()
         )
-        return int(session.scalar(query) or 0)
+        return int(session.scalar(select(func.count()).select_from(matching)) or 0)
 
+    pending_limit = settings.max_pending_per_project
+    running_limit = settings.max_running_per_project
     if request.phase == "submit":
-        waiting = count(JobStatus.queued, JobStatus.held, JobStatus.scheduled)
-        if waiting >= settings.max_pending_per_project:
+        waiting = count(pending_limit, JobStatus.queued, JobStatus.held, JobStatus.scheduled)
+        if waiting >= pending_limit:
             return Admission.refuse(
-                f"the project has {waiting} jobs waiting (limit {settings.max_pending_per_project})"
+                f"the project has {waiting} jobs waiting (limit {pending_limit})"
             )
     if request.phase in ("submit", "release"):
-        busy = count(JobStatus.running, JobStatus.queued)
+        busy = count(running_limit, JobStatus.running, JobStatus.queued)
     else:
-        busy = count(JobStatus.running)
-    if busy >= settings.max_running_per_project:
+        busy = count(running_limit, JobStatus.running)
+    if busy >= running_limit:
         return Admission.hold(
-            f"the project has {busy} jobs running or about to "
-            f"(limit {settings.max_running_per_project})"
+            f"the project has {busy} jobs running or about to (limit {running_limit})"
         )
     return Admission.admit()
 

@@ -93,6 +93,8 @@ def subscribe(event: Event, platform: Platform) -> None:
     deliver_type = engine.types.get(DELIVER)
     if deliver_type is None:
         return
+    if event.project not in _projects_with_webhooks(platform):
+        return
     data = event.to_dict()
     jobs = []
     with platform.db.transaction() as session:
@@ -121,6 +123,28 @@ def subscribe(event: Event, platform: Platform) -> None:
             delivery.job_id = job.id
             jobs.append(job)
     engine.dispatch(jobs)
+
+
+def _projects_with_webhooks(platform: Platform) -> frozenset[str]:
+    """Projects with an active webhook, kept until the next write to ``webhooks``.
+
+    Every committed event asks, and almost none has a subscriber: this spares each a
+    query. Writes to ``webhooks`` bump the identity generation (migration
+    c0e1a0000005), so every process sees a new webhook on its next event.
+    """
+    from zhongtai.identity.cache import identity_cache
+
+    cache = identity_cache(platform)
+    generation = cache.generation()
+    key = ("webhooks", "projects")
+    projects: frozenset[str] | None = cache.get("result", key, generation)
+    if projects is None:
+        with platform.db.engine.connect() as connection:
+            projects = frozenset(
+                connection.scalars(select(Webhook.project_id).where(Webhook.active).distinct())
+            )
+        cache.put("result", key, generation, projects)
+    return projects
 
 
 def deliver(ctx: JobContext, params: DeliverParams) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """webhooks and their deliveries
 
+Which projects have active webhooks is kept in memory (every event asks), so writes
+to ``webhooks`` bump the identity generation like writes to the identity tables
+(see c0e1a0000003).
+
 Revision ID: c0e1a0000005
 Revises: c0e1a0000004
 Create Date: 2026-11-29 02:49:16.328351
@@ -15,6 +19,8 @@ revision: str = "c0e1a0000005"
 down_revision: str | Sequence[str] | None = "c0e1a0000004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+BUMP = "UPDATE identity_generation SET value = value + 1 WHERE id = 1"
 
 
 def upgrade() -> None:
@@ -74,7 +80,25 @@ def upgrade() -> None:
         )
 
 
+    if op.get_context().dialect.name == "postgresql":
+        op.execute(
+            "CREATE TRIGGER zt_identity_webhooks AFTER INSERT OR UPDATE OF project_id, active "
+            "OR DELETE ON webhooks FOR EACH STATEMENT EXECUTE FUNCTION zt_identity_bump()"
+        )
+    else:
+        for event in ("INSERT", "UPDATE OF project_id, active", "DELETE"):
+            op.execute(
+                f"CREATE TRIGGER zt_identity_webhooks_{event.split()[0].lower()} AFTER {event} "
+                f"ON webhooks BEGIN {BUMP}; END"
+            )
+
+
 def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER zt_identity_webhooks ON webhooks")
+    else:
+        for event in ("insert", "update", "delete"):
+            op.execute(f"DROP TRIGGER zt_identity_webhooks_{event}")
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_deliveries_hook_time")
 
