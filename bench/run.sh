@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every zhongtai benchmark, one after the other, and repeat the verdict lines at the end.
 #
-#   bench/run.sh            # defaults (about 2 minutes on 2 cores)
+#   bench/run.sh            # defaults (about 25 minutes on 2 cores, most of it bench/jobs.py)
 #   QUICK=1 bench/run.sh    # fewer samples, shorter runs (a smoke test, noisier figures)
 #
 # Full output of each script is kept in bench/results/<name>.txt (git-ignored), the
@@ -16,10 +16,12 @@ if [[ "${QUICK:-}" == 1 ]]; then
     startup_args=(--samples 3)
     http_args=(--rounds 1 --duration 3 --seq-requests 500)
     auth_args=(--rounds 1 --duration 3)
+    jobs_args=(--quick)
 else
     startup_args=()
     http_args=()
     auth_args=()
+    jobs_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -32,8 +34,10 @@ echo
 "$PY" bench/http_overhead.py "${http_args[@]}" | tee bench/results/http_overhead.txt
 echo
 "$PY" bench/auth_overhead.py "${auth_args[@]}" | tee bench/results/auth_overhead.txt
+echo
+"$PY" bench/jobs.py "${jobs_args[@]}" | tee bench/results/jobs.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
 grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
-    bench/results/auth_overhead.txt
+    bench/results/auth_overhead.txt bench/results/jobs.txt

@@ -18,7 +18,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +34,8 @@ from zhongtai.web.params import PlatformDep
 
 TAGS = ["jobs"]
 JobRef = Annotated[str, PathParameter(min_length=1, max_length=32)]
-STREAM_POLL = 1.0  # seconds between database checks while following a job
+STREAM_POLL = 1.0  # seconds of quiet after which a follower checks the database
+STREAM_BATCH = 5000  # lines read from the database, or drained from the hub, at once
 
 
 class JobIn(BaseModel):
@@ -355,7 +356,7 @@ async def stream_logs(
     access: AccessDep,
     job_id: JobRef,
     after: Annotated[int | None, QueryParameter(ge=0)] = None,
-) -> ServerSentEvent:
+) -> Stream:
     """Server-sent events: ``line`` (id = sequence number), ``progress`` and ``status``.
 
     Starts after ``Last-Event-ID`` (or ``after``), sends the stored lines, then live
@@ -373,83 +374,124 @@ async def stream_logs(
         if not last_event.isdigit():
             raise ClientException("Last-Event-ID must be a log sequence number")
         start = int(last_event)
-    return ServerSentEvent(
+    return Stream(
         _follow(platform, job_id, start),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _follow(platform: Any, job_id: str, after: int) -> AsyncIterator[ServerSentEventMessage]:
+def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    """One server-sent event, CRLF-separated like Litestar's own (JSON never contains a
+    line break, so ``data`` is one line)."""
+    head = f"id: {event_id}\r\n" if event_id is not None else ""
+    return f"{head}event: {event}\r\ndata: {json.dumps(data)}\r\n\r\n".encode()
+
+
+def _line_event(item: dict[str, Any]) -> bytes:
+    return _sse("line", {k: v for k, v in item.items() if k != "kind"}, item["seq"])
+
+
+async def _follow(platform: Any, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """The stream: stored lines from the database, then live ones from the hub.
+
+    Lines go out strictly in sequence: a line is sent only after the one before it,
+    so a follower never skips a batch that is still being written. Everything that
+    arrived together is written in one chunk (a fast job's 10,000 lines are a few
+    writes, not 10,000), and only the latest progress of a chunk is sent.
+    """
     engine = jobs_engine(platform)
 
     def snapshot(since: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         with platform.db.transaction() as session:
             job = session.get(Job, job_id)
             if job is None:
-                return [], {"status": "deleted"}
-            lines = _lines(session, job_id, since, 5000)
-            state = {
+                return [], {"status": "deleted", "log_lines": 0}
+            lines = _lines(session, job_id, since, STREAM_BATCH)
+            return lines, {
                 "status": job.status,
                 "progress": job.progress,
                 "message": job.progress_message,
                 "error": job.error,
                 "log_lines": job.log_lines,
             }
-            return lines, state
-
-    def line_event(item: dict[str, Any]) -> ServerSentEventMessage:
-        return ServerSentEventMessage(data=json.dumps(item), event="line", id=item["seq"])
 
     last = after
     sent_progress: dict[str, Any] | None = None
     sent_status: str | None = None
+    stalled = 0
+    need_db = True
     with engine.hub.follow(job_id) as follower:
         # Subscribed first, then read: a line written in between arrives both ways,
         # and the sequence numbers drop the copy.
         while True:
-            lines, state = await anyio.to_thread.run_sync(snapshot, last)
-            for item in lines:
-                if item["seq"] > last:
+            if need_db or follower.overflowed:
+                follower.overflowed = False
+                lines, state = await anyio.to_thread.run_sync(snapshot, last)
+                chunk: list[bytes] = []
+                for item in lines:
+                    if item["seq"] != last + 1:
+                        break  # an earlier batch is still being written
                     last = item["seq"]
-                    yield line_event(item)
-            if len(lines) == 5000:
-                continue  # more stored lines to send before anything live
-            progress = {"progress": state["progress"], "message": state["message"]}
-            if progress != sent_progress:
-                sent_progress = progress
-                yield ServerSentEventMessage(data=json.dumps(progress), event="progress")
-            if state["status"] in FINISHED or state["status"] == "deleted":
-                if last >= state["log_lines"]:
-                    yield ServerSentEventMessage(data=json.dumps(state), event="status")
+                    chunk.append(_line_event(item))
+                progress = {"progress": state.get("progress"), "message": state.get("message")}
+                if progress != sent_progress and state["status"] != "deleted":
+                    sent_progress = progress
+                    chunk.append(_sse("progress", progress))
+                finished = state["status"] in FINISHED or state["status"] == "deleted"
+                if finished and last < state["log_lines"] and lines and lines[0]["seq"] > last + 1:
+                    stalled += 1
+                    if stalled >= 3:  # a line that will never come: do not hang on it
+                        last = lines[0]["seq"] - 1
+                        need_db = True
+                        if chunk:
+                            yield b"".join(chunk)
+                        continue
+                if finished and last >= state["log_lines"]:
+                    chunk.append(_sse("status", state))
+                    yield b"".join(chunk)
                     return
+                if not finished and state["status"] != sent_status:
+                    sent_status = state["status"]
+                    chunk.append(_sse("status", {"status": sent_status}))
+                if chunk:
+                    yield b"".join(chunk)
+                if len(lines) == STREAM_BATCH and last == lines[-1]["seq"]:
+                    continue  # more stored lines before anything live
+                need_db = finished  # a finished job's last lines are being written
+                if finished:
+                    await asyncio.sleep(0.1)
+                    continue
+            try:
+                first = await asyncio.wait_for(follower.queue.get(), STREAM_POLL)
+            except TimeoutError:
+                need_db = True  # quiet: check the database (another process may write)
                 continue
-            if state["status"] != sent_status:
-                sent_status = state["status"]
-                yield ServerSentEventMessage(
-                    data=json.dumps({"status": state["status"]}), event="status"
-                )
-            follower.overflowed = False
-            deadline = asyncio.get_running_loop().time() + STREAM_POLL
-            while not follower.overflowed:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    message = await asyncio.wait_for(follower.queue.get(), timeout)
-                except TimeoutError:
-                    break
+            messages = [first]
+            while len(messages) < STREAM_BATCH and not follower.queue.empty():
+                messages.append(follower.queue.get_nowait())
+            chunk = []
+            latest_progress: dict[str, Any] | None = None
+            for message in messages:
                 kind = message.get("kind")
                 if kind == "line":
                     if message["seq"] == last + 1:
                         last = message["seq"]
-                        yield line_event({k: v for k, v in message.items() if k != "kind"})
+                        chunk.append(_line_event(message))
                     elif message["seq"] > last + 1:
-                        break  # a gap: read the missing lines from the database
+                        need_db = True  # a gap: read the missing lines from the database
                 elif kind == "progress":
-                    sent_progress = {"progress": message["progress"], "message": message["message"]}
-                    yield ServerSentEventMessage(data=json.dumps(sent_progress), event="progress")
+                    latest_progress = {
+                        "progress": message["progress"],
+                        "message": message["message"],
+                    }
                 elif kind == "status":
-                    break  # re-read the job: it may have finished
+                    need_db = True  # re-read the job: it may have finished
+            if latest_progress is not None and latest_progress != sent_progress:
+                sent_progress = latest_progress
+                chunk.append(_sse("progress", latest_progress))
+            if chunk:
+                yield b"".join(chunk)
 
 
 ROUTES = [

@@ -23,6 +23,7 @@ __all__ = ["JobCancelled", "JobContext"]
 FLUSH_LINES = 500  # buffered lines written in one INSERT
 FLUSH_SECONDS = 0.25  # …or after this long
 MAX_LINE = 16_384  # longer lines are cut (and say so)
+PROGRESS_PUBLISH = 0.05  # seconds between live progress messages
 
 
 class JobCancelled(Exception):
@@ -62,9 +63,11 @@ class JobContext:
         self._seq = first_seq
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._progress: tuple[float | None, str] | None = None
         self._last_progress_write = 0.0
+        self._last_progress_publish = 0.0
 
     @property
     def platform(self) -> Platform:
@@ -100,7 +103,16 @@ class JobContext:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered lines and the latest progress to the database now."""
+        """Write buffered lines and the latest progress to the database now.
+
+        One flush at a time (the handler's thread and the engine's maintenance thread
+        both flush): batches commit in sequence order, so the stored log is always a
+        prefix of the log — a follower reading it never sees line 3,651 before 3,536.
+        """
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             rows, self._buffer = self._buffer, []
             progress, self._progress = self._progress, None
@@ -140,14 +152,20 @@ class JobContext:
         if fraction is not None:
             fraction = min(max(float(fraction), 0.0), 1.0)
         message = mask_secrets(str(message))[:500]
+        now = time.monotonic()
         with self._lock:
             self._progress = (fraction, message)
-            due = time.monotonic() - self._last_progress_write >= FLUSH_SECONDS
+            due = now - self._last_progress_write >= FLUSH_SECONDS
             if due:
-                self._last_progress_write = time.monotonic()
-        self.engine.hub.publish(
-            self.job_id, {"kind": "progress", "progress": fraction, "message": message}
-        )
+                self._last_progress_write = now
+            # Followers get at most ~20 updates a second (the stored value is exact).
+            live = now - self._last_progress_publish >= PROGRESS_PUBLISH or fraction == 1.0
+            if live:
+                self._last_progress_publish = now
+        if live:
+            self.engine.hub.publish(
+                self.job_id, {"kind": "progress", "progress": fraction, "message": message}
+            )
         if due:
             self.flush()
 

@@ -222,8 +222,10 @@ class JobEngine:
         )
         session.add(job)
         session.flush()
-        with self._project_lock(session, project_id):
-            decision = decide(self.platform, AdmissionRequest(job, job_type, "submit", session))
+        # No project lock here: concurrent submissions may each see the count below the
+        # limit and queue a few jobs too many; the limit on running jobs is exact where
+        # it matters, when a worker claims a job (under the lock).
+        decision = decide(self.platform, AdmissionRequest(job, job_type, "submit", session))
         if decision.decision == "refuse":
             raise JobRefused(decision.reason or "admission refused the job")
         if job.run_at is not None:

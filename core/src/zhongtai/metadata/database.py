@@ -70,7 +70,10 @@ class Database:
             # No pre-ping: a local file does not drop connections.
             kwargs.update(pool_size=40, max_overflow=10)
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10, pool_pre_ping=True)
+            # No pre-ping (a round trip per checkout, several per job): a connection the
+            # server dropped fails its statement, SQLAlchemy then discards the whole
+            # pool, the request answers 503 and the next one reconnects.
+            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10, pool_pre_ping=False)
             kwargs["connect_args"] = {"connect_timeout": 5}
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +42,7 @@ BANDS = ("high", "normal", "low")
 EXECUTE = "zhongtai.jobs.queue.rq.execute"
 RQ_TIMEOUT_MARGIN = 60  # seconds RQ waits beyond the job's own timeout
 RESULT_TTL = 3600  # the database keeps results; RQ's copy is only for its tooling
+CHECK_FRESH = 1.0  # seconds a successful contact with Redis vouches for it
 
 _engine: JobEngine | None = None  # the worker process's engine (set by `zhongtai worker`)
 
@@ -75,6 +77,7 @@ class RQQueue(QueueDriver):
         )
         self._queues: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._last_ok = 0.0  # monotonic time Redis last answered
         from zhongtai.jobs.hub import Relay
 
         # Live log lines cross processes through Redis pub/sub (the database has them all).
@@ -114,7 +117,9 @@ class RQQueue(QueueDriver):
                 description=f"platform job {job_id}",
             )
         except RedisError as exc:
+            self._last_ok = 0.0
             raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
+        self._last_ok = time.monotonic()
 
     def missing(self, job_ids: Sequence[str]) -> set[str]:
         from redis.exceptions import RedisError
@@ -152,12 +157,17 @@ class RQQueue(QueueDriver):
             )
 
     def check(self) -> None:
+        """Ping Redis, unless it answered in the last second (a submit must not pay a
+        round trip for this); a failed enqueue forgets that answer at once."""
         from redis.exceptions import RedisError
 
+        if time.monotonic() - self._last_ok < CHECK_FRESH:
+            return
         try:
             self.redis.ping()
         except RedisError as exc:
             raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
+        self._last_ok = time.monotonic()
 
     def types_key(self) -> str:
         return f"{self.prefix}:job-types"
