@@ -253,30 +253,14 @@ class WebhookPing(Event):
 )
 def ping_webhook(platform: PlatformDep, access: AccessDep, hook_id: Ref) -> dict[str, Any]:
     """Send a ``webhook.ping`` event to this webhook alone (whatever its filter)."""
-    from zhongtai.hooks.webhooks.delivery import DeliverParams, job_type
+    from zhongtai.hooks.webhooks.delivery import queue_delivery
     from zhongtai.jobs.engine import jobs_engine
 
     engine = jobs_engine(platform)
     with platform.db.transaction() as session:
         hook = _hook(session, access, hook_id)
         event = WebhookPing(project=hook.project_id)
-        delivery = WebhookDelivery(
-            webhook_id=hook.id,
-            event=event.name,
-            payload={"event": event.name, "project": hook.project_id, "data": event.to_dict()},
-            status="pending",
-            attempts=0,
-        )
-        session.add(delivery)
-        session.flush()
-        job = engine.submit(
-            session,
-            job_type=engine.types.get("webhooks.deliver") or job_type(),
-            project_id=hook.project_id,
-            principal=access.principal,
-            params=DeliverParams(delivery=delivery.id),
-        )
-        delivery.job_id = job.id
+        delivery, job = queue_delivery(session, engine, hook, event, access.principal)
         body = delivery_dict(delivery)
     engine.dispatch([job])
     return body

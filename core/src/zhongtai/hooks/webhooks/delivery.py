@@ -37,10 +37,15 @@ from zhongtai.hooks.events import Event, utcnow
 from zhongtai.hooks.webhooks.models import Webhook, WebhookDelivery
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from zhongtai.identity.principal import Principal
     from zhongtai.jobs import JobContext, JobType
+    from zhongtai.jobs.engine import JobEngine
+    from zhongtai.jobs.models import Job
     from zhongtai.platform import Platform
 
-__all__ = ["DeliverParams", "deliver", "job_type", "sign", "subscribe"]
+__all__ = ["DeliverParams", "deliver", "job_type", "queue_delivery", "sign", "subscribe"]
 
 log = logging.getLogger("zhongtai.webhooks")
 
@@ -90,39 +95,48 @@ def subscribe(event: Event, platform: Platform) -> None:
     from zhongtai.jobs.engine import jobs_engine
 
     engine = jobs_engine(platform)
-    deliver_type = engine.types.get(DELIVER)
-    if deliver_type is None:
+    if DELIVER not in engine.types:  # the webhooks plugin failed to register it
         return
     if event.project not in _projects_with_webhooks(platform):
         return
-    data = event.to_dict()
     jobs = []
     with platform.db.transaction() as session:
         hooks = session.scalars(
             select(Webhook).where(Webhook.project_id == event.project, Webhook.active)
         ).all()
         for hook in hooks:
-            if not matches(hook.events, event.name):
-                continue
-            delivery = WebhookDelivery(
-                webhook_id=hook.id,
-                event=event.name,
-                payload={"event": event.name, "project": event.project, "data": data},
-                status="pending",
-                attempts=0,
-            )
-            session.add(delivery)
-            session.flush()
-            job = engine.submit(
-                session,
-                job_type=deliver_type,
-                project_id=hook.project_id,
-                principal=None,
-                params=DeliverParams(delivery=delivery.id),
-            )
-            delivery.job_id = job.id
-            jobs.append(job)
+            if matches(hook.events, event.name):
+                jobs.append(queue_delivery(session, engine, hook, event, None)[1])
     engine.dispatch(jobs)
+
+
+def queue_delivery(
+    session: Session,
+    engine: JobEngine,
+    hook: Webhook,
+    event: Event,
+    principal: Principal | None,
+) -> tuple[WebhookDelivery, Job]:
+    """Record a delivery of ``event`` to ``hook`` and its job, in the caller's
+    transaction; :meth:`JobEngine.dispatch` the job after the commit."""
+    delivery = WebhookDelivery(
+        webhook_id=hook.id,
+        event=event.name,
+        payload={"event": event.name, "project": hook.project_id, "data": event.to_dict()},
+        status="pending",
+        attempts=0,
+    )
+    session.add(delivery)
+    session.flush()
+    job = engine.submit(
+        session,
+        job_type=engine.types.get(DELIVER) or job_type(),
+        project_id=hook.project_id,
+        principal=principal,
+        params=DeliverParams(delivery=delivery.id),
+    )
+    delivery.job_id = job.id
+    return delivery, job
 
 
 def _projects_with_webhooks(platform: Platform) -> frozenset[str]:
