@@ -130,10 +130,9 @@ def _forget_redis_keys(redis_url: str, prefix: str) -> None:
 
     client = Redis.from_url(redis_url)
     try:
-        for pattern in (f"*{prefix}*",):
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                client.delete(*keys)
+        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
     finally:
         client.close()
 

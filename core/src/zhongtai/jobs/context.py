@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from sqlalchemy import case, insert, update
+from sqlalchemy import insert, update
 
 from zhongtai.hooks.events import utcnow
 from zhongtai.logs import mask_secrets
@@ -124,8 +124,7 @@ class JobContext:
 
         values: dict[str, Any] = {}
         if rows:
-            # Two flushes may race (the handler's and the engine's): never go back.
-            values["log_lines"] = case((Job.log_lines < last_seq, last_seq), else_=Job.log_lines)
+            values["log_lines"] = last_seq  # flushes run one at a time, in order
         if progress is not None:
             values["progress"], values["progress_message"] = progress
         try:
@@ -140,10 +139,6 @@ class JobContext:
                 if self._progress is None:
                     self._progress = progress
             raise
-
-    @property
-    def last_seq(self) -> int:
-        return self._seq
 
     # -- progress --------------------------------------------------------------
 

@@ -68,9 +68,6 @@ class LogHub:
             for message in messages:
                 follower.deliver(message)
 
-    def has_followers(self, job_id: str) -> bool:
-        return bool(self._followers.get(job_id))
-
     @contextmanager
     def follow(self, job_id: str) -> Iterator[Follower]:
         """Subscribe the running event loop to ``job_id`` for the ``with`` block."""

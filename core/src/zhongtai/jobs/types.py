@@ -140,6 +140,9 @@ class JobTypeRegistry:
     def get(self, name: str) -> JobType | None:
         return self._types.get(name)
 
+    def __getitem__(self, name: str) -> JobType:
+        return self._types[name]
+
     def owner(self, name: str) -> str | None:
         return self._owners.get(name)
 
@@ -151,9 +154,6 @@ class JobTypeRegistry:
 
     def __len__(self) -> int:
         return len(self._types)
-
-    def plugins(self) -> set[str]:
-        return set(self._owners.values())
 
 
 def collect_job_types(

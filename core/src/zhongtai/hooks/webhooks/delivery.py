@@ -130,7 +130,7 @@ def queue_delivery(
     session.flush()
     job = engine.submit(
         session,
-        job_type=engine.types.get(DELIVER) or job_type(),
+        job_type=engine.types[DELIVER],
         project_id=hook.project_id,
         principal=principal,
         params=DeliverParams(delivery=delivery.id),

@@ -14,9 +14,12 @@ import itertools
 import queue
 import threading
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from zhongtai.jobs.queue.base import QueueDriver
+
+if TYPE_CHECKING:
+    from zhongtai.jobs.engine import JobEngine
 
 __all__ = ["EmbeddedQueue"]
 
@@ -27,8 +30,8 @@ class EmbeddedQueue(QueueDriver):
     name: ClassVar[str] = "embedded"
     runs_in_process: ClassVar[bool] = True
 
-    def __init__(self, engine: object) -> None:
-        super().__init__(engine)  # type: ignore[arg-type]
+    def __init__(self, engine: JobEngine) -> None:
+        super().__init__(engine)
         self._queue: queue.PriorityQueue[tuple[float, int, str]] = queue.PriorityQueue()
         self._counter = itertools.count()
         self._pending: set[str] = set()

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rq.worker import SimpleWorker
+
 from zhongtai.jobs.queue.base import QueueDriver, QueueUnavailable
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
     from zhongtai.jobs.engine import JobEngine
 
-__all__ = ["BANDS", "PlatformWorker", "RQQueue", "execute"]
+__all__ = ["BANDS", "PlatformWorker", "RQQueue", "execute", "set_engine"]
 
 log = logging.getLogger("zhongtai.jobs")
 
@@ -214,13 +216,7 @@ class RQQueue(QueueDriver):
         return mask_url_password(self.engine.settings.redis_url)
 
 
-def _worker_base() -> type:
-    from rq.worker import SimpleWorker
-
-    return SimpleWorker
-
-
-class PlatformWorker(_worker_base()):  # type: ignore[misc]
+class PlatformWorker(SimpleWorker):
     """An RQ worker that runs platform jobs in its own process and nothing else.
 
     Jobs run in this process (no fork per job): the engine's threads watch each
@@ -254,10 +250,3 @@ def set_engine(engine: JobEngine | None) -> None:
     """Make ``engine`` the one :func:`execute` runs jobs with (``zhongtai worker``)."""
     global _engine
     _engine = engine
-
-
-def redis_for(engine: JobEngine) -> Redis:
-    driver = engine.driver
-    if not isinstance(driver, RQQueue):
-        raise TypeError("the configured queue driver is not rq")
-    return driver.redis
