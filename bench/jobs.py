@@ -18,7 +18,8 @@ scenario, an API key):
 
 Each driver gets a fresh database (PostgreSQL when reachable: a throwaway
 ``zt_bench_<random>`` dropped afterwards; else SQLite; ``--database`` forces one) and
-admission limits raised so that nothing is held or refused.
+admission limits raised and the per-caller submission rate limit off, so that nothing
+is held or refused.
 
 1. **Throughput.** N ``hello.noop`` jobs submitted through ``POST /api/v1/jobs`` by
    ``--concurrency`` (32) keep-alive clients (raw asyncio sockets, so the client costs
@@ -285,6 +286,7 @@ def platform_env(site: Site, secret: str, driver: str, prefix: str, redis_url: s
         "ZHONGTAI_JOBS__WORKERS": str(WORKERS),
         "ZHONGTAI_JOBS__MAX_RUNNING_PER_PROJECT": "100000",
         "ZHONGTAI_JOBS__MAX_PENDING_PER_PROJECT": "1000000",
+        "ZHONGTAI_JOBS__SUBMISSIONS_PER_SECOND": "0",
     }
     if driver == "rq":
         env["ZHONGTAI_JOBS__REDIS_URL"] = redis_url

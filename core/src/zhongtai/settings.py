@@ -170,6 +170,12 @@ class JobsSettings(BaseModel):
         ge=1,
         description="Jobs of one project that may wait (queued, held, scheduled); more → 429.",
     )
+    submissions_per_second: int = Field(
+        default=100,
+        ge=0,
+        description="Job submissions one caller (API key or token) may make per second on "
+        "one server process; more → 429 with Retry-After (0: no limit).",
+    )
     heartbeat_interval: float = Field(
         default=5.0, gt=0, le=300, description="Seconds between a worker's heartbeats."
     )

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import utcnow
-from zhongtai.identity.guard import AUDIT_CONTEXT_KEY, AUDIT_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
+from zhongtai.identity.guard import (
+    AUDIT_CONTEXT_KEY,
+    AUDIT_SCOPE_KEY,
+    NO_AUDIT_SCOPE_KEY,
+    PRINCIPAL_SCOPE_KEY,
+)
 from zhongtai.identity.models import AuditEvent
 from zhongtai.identity.principal import Principal
 
@@ -89,7 +94,10 @@ def record(
 
 
 def wants_audit(scope: Mapping[str, Any]) -> bool:
-    """Whether this request gets an audit row (mutating and routed, or asked for)."""
+    """Whether this request gets an audit row (mutating and routed, or asked for; never
+    one a rate limit refused)."""
+    if NO_AUDIT_SCOPE_KEY in scope:
+        return False
     if AUDIT_SCOPE_KEY in scope:
         return True
     return scope.get("method") in MUTATING_METHODS and scope.get("route_handler") is not None

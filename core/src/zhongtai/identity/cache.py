@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -87,6 +88,7 @@ class IdentityCache:
         self._lock = threading.Lock()
         self._connection: Any = None  # a pooled DBAPI connection held for the counter
         self._generation: int | None = None
+        self._read_at = 0.0  # monotonic time of the last successful read
         self._maps: dict[str, BoundedMap[Any, Any]] = {
             "principal": BoundedMap(principals),
             "result": BoundedMap(results),
@@ -95,11 +97,21 @@ class IdentityCache:
         # these outlive generations (expiry is checked on each use).
         self.tokens: BoundedMap[str, Any] = BoundedMap(principals)
 
-    def generation(self) -> int | None:
-        """Read the counter; empty the caches when it moved. ``None``: bypass the cache."""
+    def generation(self, within: float = 0.0) -> int | None:
+        """Read the counter; empty the caches when it moved. ``None``: bypass the cache.
+
+        ``within``: a value read less than that many seconds ago will do (for answers
+        that may lag other processes' writes that long; a request always reads).
+        """
         if not self.enabled:
             return None
         with self._lock:
+            if (
+                within > 0
+                and self._generation is not None
+                and time.monotonic() - self._read_at < within
+            ):
+                return self._generation
             try:
                 value = self._read()
             except Exception as exc:
@@ -110,6 +122,7 @@ class IdentityCache:
                 return None
             if value != self._generation:
                 self._reset(value)
+            self._read_at = time.monotonic()
             return value
 
     def get(self, kind: str, key: Hashable, generation: int | None) -> Any:

@@ -70,6 +70,9 @@ AUTHENTICATED = "authenticated"
 PRINCIPAL_SCOPE_KEY = "zt_principal"
 GENERATION_SCOPE_KEY = "zt_identity_generation"  # what the principal was read under
 AUDIT_SCOPE_KEY = "zt_audit"  # present: the request gets an audit row
+# Present: no audit row, whatever the method. Set on requests a rate limit refused, so
+# that a flood of them costs no writes (the access log and metrics still count them).
+NO_AUDIT_SCOPE_KEY = "zt_no_audit"
 AUDIT_CONTEXT_KEY = "zt_audit_context"  # what require() learnt: used only if there is a row
 
 __all__ = [

@@ -5,6 +5,8 @@ Policy plugins (quotas, GPU limits) implement ``admit_job`` and return an
 
 - ``submit``: more than ``max_pending_per_project`` jobs waiting in the project →
   refuse (429); ``max_running_per_project`` jobs already running or queued → hold.
+  Far below a limit, a submission trusts this process's tally of the project instead
+  of counting (see :class:`Tally`); near it, it counts.
 - ``release``: a held job is queued while running + queued stay under the limit.
 - ``start``: a queued job starts while running jobs stay under the limit; otherwise
   it goes back to ``held`` and starts, in priority then submission order, when a
@@ -14,6 +16,8 @@ Policy plugins (quotas, GPU limits) implement ``admit_job`` and return an
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
     from zhongtai.jobs.types import JobType
     from zhongtai.platform import Platform
 
-__all__ = ["Admission", "AdmissionRequest", "Phase"]
+__all__ = ["Admission", "AdmissionRequest", "Phase", "Tally"]
 
 Phase = Literal["submit", "release", "start"]
 
@@ -63,16 +67,63 @@ class AdmissionRequest:
     session: Session
 
 
+class Tally:
+    """A process's running estimate of a project's waiting and busy jobs at submit time.
+
+    Counting a project's backlog on every submission costs as much as the backlog is
+    long. A count is trusted for :attr:`FRESH` seconds, plus one for every job this
+    process has submitted since, while that estimate stays under three quarters of
+    the limit. Jobs that finished meanwhile only make it high, so it errs towards
+    counting; what it cannot see is other processes' submissions within those
+    seconds, and they would have to add a quarter of the limit to push a project
+    past it. A refusal or a hold is always decided on a fresh count, and the limit on
+    running jobs is exact where it matters, when a worker claims a job.
+    """
+
+    FRESH = 1.0  # seconds a count is trusted
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def estimate(self, project_id: str, kind: str, limit: int) -> int | None:
+        """The estimate (and one more job counted), or None when a count is due."""
+        key = (project_id, kind)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._counts.get(key)
+            if entry is None or now - entry[1] > self.FRESH or entry[0] * 4 >= limit * 3:
+                return None
+            self._counts[key] = (entry[0] + 1, entry[1])
+            return entry[0]
+
+    def counted(self, project_id: str, kind: str, count: int) -> None:
+        """Record a fresh count (including the job being submitted)."""
+        with self._lock:
+            if len(self._counts) > 10_000:
+                self._counts.clear()
+            self._counts[(project_id, kind)] = (count + 1, time.monotonic())
+
+
 def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
     """The core's per-project limits (the jobs built-in plugin calls it last)."""
     from zhongtai.jobs.models import Job, JobStatus
 
     settings = platform.settings.jobs
     job, session = request.job, request.session
+    from zhongtai.jobs.engine import JOBS
+
+    tally = platform.stash[JOBS].tally if JOBS in platform.stash else None
 
     def count(limit: int, *statuses: JobStatus) -> int:
         """How many such jobs, counting no further than ``limit``: an index range scan
-        that stops early, whatever the project's backlog."""
+        that stops early, whatever the project's backlog. At submission, the tally's
+        estimate instead while it is far below the limit."""
+        kind = ",".join(statuses)
+        if tally is not None and request.phase == "submit":
+            estimate = tally.estimate(job.project_id, kind, limit)
+            if estimate is not None:
+                return estimate
         matching = (
             select(Job.id)
             .where(
@@ -83,7 +134,10 @@ def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
             .limit(limit)
             .subquery()
         )
-        return int(session.scalar(select(func.count()).select_from(matching)) or 0)
+        found = int(session.scalar(select(func.count()).select_from(matching)) or 0)
+        if tally is not None and request.phase == "submit":
+            tally.counted(job.project_id, kind, found)
+        return found
 
     pending_limit = settings.max_pending_per_project
     running_limit = settings.max_running_per_project

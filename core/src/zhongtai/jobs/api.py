@@ -10,21 +10,35 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from litestar import Request, Response, get, post
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import (
     ClientException,
     NotFoundException,
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.middleware.rate_limit import (
+    CacheObject,
+    RateLimitConfig,
+    RateLimitMiddleware,
+    get_remote_address,
+)
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
+from litestar.types import Message, Receive, Scope, Send
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from zhongtai.identity.guard import Access, AccessDep, authenticated, requires
+from zhongtai.identity.guard import (
+    NO_AUDIT_SCOPE_KEY,
+    Access,
+    AccessDep,
+    authenticated,
+    requires,
+)
 from zhongtai.identity.permissions import JOBS_READ, JOBS_SUBMIT
 from zhongtai.jobs.engine import JobConflict, JobRefused, jobs_engine
 from zhongtai.jobs.models import FINISHED, Job, JobIdempotency, JobLog, JobStatus
@@ -144,7 +158,7 @@ def submit_job(
     engine.driver.check()
     try:
         with platform.db.transaction() as session:
-            access.require(session, project_id=_existing_project(session, data.project))
+            access.require(session, project_id=data.project)
             if job_type.permission is not None:
                 access.require(session, project_id=data.project, permission=job_type.permission)
             if data.parent is not None:
@@ -186,12 +200,6 @@ def submit_job(
             return _repeat(session, earlier, digest)
     engine.dispatch([job])
     return Response(body, status_code=201)
-
-
-def _existing_project(session: Session, project_id: str) -> str | None:
-    from zhongtai.identity.models import Project
-
-    return project_id if session.get(Project, project_id) is not None else None
 
 
 def _repeat(session: Session, earlier: JobIdempotency, digest: str) -> Response[dict[str, Any]]:
@@ -494,8 +502,62 @@ async def _follow(platform: Any, job_id: str, after: int) -> AsyncIterator[bytes
                 yield b"".join(chunk)
 
 
+class SubmissionLimit(RateLimitMiddleware):
+    """Litestar's rate limit, per caller, with ``Retry-After`` on the 429."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TooManyRequestsException:
+            scope[NO_AUDIT_SCOPE_KEY] = True  # type: ignore[literal-required]
+            raise
+
+    def create_response_headers(self, cache_object: CacheObject) -> dict[str, str]:
+        """The headers of the 429 this middleware answers."""
+        headers = super().create_response_headers(cache_object)
+        headers["Retry-After"] = str(max(1, int(headers["RateLimit-Reset"])))
+        return headers
+
+    def create_send_wrapper(self, send: Send, cache_object: CacheObject) -> Send:
+        """The headers of an admitted request's answer: no ``Retry-After`` of ours."""
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                headers = MutableScopeHeaders(message)
+                for key, value in (
+                    super(SubmissionLimit, self).create_response_headers(cache_object).items()
+                ):
+                    headers[key] = value
+            await send(message)
+
+        return send_wrapper
+
+
+def _caller(request: Request[Any, Any, Any]) -> str:
+    """Who submits, before authentication has run: the credential (hashed), else the
+    address (a request without one is answered 401 anyway)."""
+    credential = request.headers.get("authorization")
+    if credential:
+        return "credential:" + hashlib.sha256(credential.encode()).hexdigest()
+    return "address:" + get_remote_address(request)
+
+
+def submission_routes(per_second: int) -> list[Any]:
+    """``POST /api/v1/jobs``, limited to ``per_second`` submissions per caller in each
+    server process (0: no limit); more are answered 429 before any work is done."""
+    if not per_second:
+        return [submit_job]
+    limit = RateLimitConfig(
+        rate_limit=("second", per_second),
+        identifier_for_request=_caller,
+        middleware_class=SubmissionLimit,
+        store="zhongtai-job-submissions",
+    )
+    return [Router(path="/", route_handlers=[submit_job], middleware=[limit.middleware])]
+
+
 ROUTES = [
-    submit_job,
     list_jobs,
     list_job_types,
     get_job,
@@ -505,4 +567,4 @@ ROUTES = [
     stream_logs,
 ]
 
-__all__ = ["ROUTES", "job_dict"]
+__all__ = ["ROUTES", "job_dict", "submission_routes"]

@@ -20,11 +20,12 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,7 +34,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import Event, emit, utcnow
-from zhongtai.jobs.admission import AdmissionRequest, decide
+from zhongtai.jobs.admission import AdmissionRequest, Tally, decide
 from zhongtai.jobs.context import JobCancelled, JobContext
 from zhongtai.jobs.hub import LogHub
 from zhongtai.jobs.models import FINISHED, Job, JobLog, JobStatus
@@ -143,12 +144,14 @@ class JobEngine:
         self.settings = platform.settings.jobs
         self.types = platform.job_types
         self.hub = LogHub()
+        self.tally = Tally()  # the core admission policy's estimates (see Tally)
         self.node = f"{socket.gethostname()}:{os.getpid()}"
         # SQLite has one writer at a time: transitions of this process go one by one
         # (PostgreSQL uses a per-project advisory lock instead, across processes).
         self._transition_lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
+        self._handlers = _HandlerThreads()
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         driver_cls = load_driver("zhongtai.queue", self.settings.queue)
@@ -357,9 +360,25 @@ class JobEngine:
     def _claim(self, job_id: str, worker: str) -> tuple[JobType, Job, BaseModel] | None:
         from pydantic import ValidationError
 
+        now = utcnow()
         with self._transition(), self.platform.db.transaction() as session:
-            job = self._locked_job(session, job_id)
-            if job is None or job.status != JobStatus.queued:
+            # Claimed in one statement (the row lock decides between two workers); if
+            # admission says no, the same transaction puts the job back, unseen.
+            job = session.scalars(
+                update(Job)
+                .where(Job.id == job_id, Job.status == str(JobStatus.queued))
+                .values(
+                    status=str(JobStatus.running),
+                    attempts=Job.attempts + 1,
+                    worker=worker,
+                    started_at=now,
+                    heartbeat_at=now,
+                    error=None,
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            if job is None:
                 return None  # cancelled, already taken, or a duplicate dispatch
             job_type = self.types.get(job.type)
             if job_type is None:
@@ -372,26 +391,27 @@ class JobEngine:
                 return None
             with self._project_lock(session, job.project_id):
                 decision = decide(self.platform, AdmissionRequest(job, job_type, "start", session))
-                if decision.decision != "admit":
-                    job.status = str(JobStatus.held)
-                    job.progress_message = decision.reason[:500]
-                    return None
-                now = utcnow()
-                job.status = str(JobStatus.running)
-                job.attempts += 1
-                job.worker = worker
-                job.started_at = now
-                job.heartbeat_at = now
-                job.error = None
+            if decision.decision != "admit":
+                job.status = str(JobStatus.held)
+                job.progress_message = decision.reason[:500]
+                self._unclaim(job)
+                return None
             emit(
                 session,
                 JobStarted(
                     project=job.project_id, job_id=job.id, job_type=job.type, attempt=job.attempts
                 ),
             )
-            session.flush()
             session.expunge(job)
         return job_type, job, params
+
+    @staticmethod
+    def _unclaim(job: Job) -> None:
+        """Undo the claim's changes (but the status) on a job that does not run."""
+        job.attempts -= 1
+        job.worker = None
+        job.started_at = None
+        job.heartbeat_at = None
 
     def _execute(
         self, job_type: JobType, job: Job, context: JobContext, cancel: threading.Event
@@ -412,8 +432,7 @@ class JobEngine:
             finally:
                 done.set()
 
-        thread = threading.Thread(target=target, name=f"zt-job-{job.id}", daemon=True)
-        thread.start()
+        self._handlers.run(target)
         deadline = time.monotonic() + job.timeout
         timed_out = False
         grace_end: float | None = None
@@ -527,7 +546,14 @@ class JobEngine:
                 }
                 if status == JobStatus.succeeded:
                     values["progress"] = 1.0
-            changed = session.execute(
+            # The same statement tells whether the project has held jobs that the
+            # freed capacity may release (almost never: no transaction of its own).
+            held = (
+                select(Job.id)
+                .where(Job.project_id == job.project_id, Job.status == str(JobStatus.held))
+                .exists()
+            )
+            settled = session.execute(
                 update(Job)
                 .where(
                     Job.id == job.id,
@@ -536,8 +562,10 @@ class JobEngine:
                     Job.worker == worker,
                 )
                 .values(**values)
-            ).rowcount  # type: ignore[attr-defined]
-            if not changed:
+                .returning(held)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if settled is None:
                 log.warning(
                     "job %s attempt %s was settled elsewhere; %s dropped",
                     job.id,
@@ -564,7 +592,8 @@ class JobEngine:
                 f"[zhongtai] attempt {job.attempts} failed: {error}; retrying in {retry_in:g} s",
             )
         self.hub.publish(job.id, {"kind": "status", "status": final, "error": error})
-        self.release_held(job.project_id)
+        if settled[0]:
+            self.release_held(job.project_id)
         return final
 
     # -- held jobs -------------------------------------------------------------
@@ -819,6 +848,7 @@ class JobEngine:
         yield
 
     def _fail_now(self, session: Session, job: Job, reason: str) -> None:
+        self._unclaim(job)
         job.status = str(JobStatus.failed)
         job.error = reason
         job.finished_at = utcnow()
@@ -859,6 +889,48 @@ class JobEngine:
             )
         except Exception:
             log.exception("job %s: could not write %r to its log", job_id, line)
+
+
+class _HandlerThreads:
+    """Threads that run handlers, kept for the next job: starting a thread per job
+    costs about a millisecond on a busy machine. A thread whose handler was abandoned
+    (it did not stop when asked) comes back only if the handler ever returns; an idle
+    one ends after :attr:`IDLE_FOR` seconds."""
+
+    IDLE_FOR = 60.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[_HandlerThread] = []
+
+    def run(self, target: Callable[[], None]) -> None:
+        with self.lock:
+            thread = self.idle.pop() if self.idle else None
+        if thread is None:
+            thread = _HandlerThread(self)
+            thread.start()
+        thread.inbox.put(target)
+
+
+class _HandlerThread(threading.Thread):
+    def __init__(self, pool: _HandlerThreads) -> None:
+        super().__init__(name="zt-job-handler", daemon=True)
+        self.pool = pool
+        self.inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while True:
+            try:
+                target = self.inbox.get(timeout=self.pool.IDLE_FOR)
+            except queue.Empty:
+                with self.pool.lock:
+                    if self in self.pool.idle:  # else it was just handed a job
+                        self.pool.idle.remove(self)
+                        return
+                continue
+            target()  # never raises: the engine's target keeps every outcome
+            with self.pool.lock:
+                self.pool.idle.append(self)
 
 
 async def _run_async(job_type: JobType, context: JobContext, box: dict[str, Any]) -> Any:

@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 
 @zhongtai.hookimpl
-def register_routes() -> list[Any]:
-    from zhongtai.jobs.api import ROUTES
+def register_routes(platform: Platform) -> list[Any]:
+    from zhongtai.jobs.api import ROUTES, submission_routes
 
-    return list(ROUTES)
+    return [*submission_routes(platform.settings.jobs.submissions_per_second), *ROUTES]
 
 
 @zhongtai.hookimpl

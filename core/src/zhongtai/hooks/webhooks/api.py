@@ -105,6 +105,14 @@ def _check_url(platform: Any, url: str) -> None:
         ) from None
 
 
+def _changed(platform: Any) -> None:
+    """Read the identity generation that the write just moved: this process's events
+    see the change at once (other processes' within ``WEBHOOKS_FRESH``)."""
+    from zhongtai.identity.cache import identity_cache
+
+    identity_cache(platform).generation()
+
+
 def _hook(session: Session, access: Access, hook_id: str) -> Webhook:
     hook = session.get(Webhook, hook_id)
     access.require(session, project_id=hook.project_id if hook else None)
@@ -148,7 +156,9 @@ def create_webhook(
             target_id=hook.id,
             project_id=hook.project_id,
         )
-        return {**hook_dict(hook), "secret": secret}
+        body = {**hook_dict(hook), "secret": secret}
+    _changed(platform)
+    return body
 
 
 @get("/api/v1/webhooks", tags=TAGS, sync_to_thread=True, opt=requires(WEBHOOKS_MANAGE))
@@ -199,7 +209,10 @@ def update_webhook(
             target_id=hook.id,
             project_id=hook.project_id,
         )
-        return hook_dict(hook)
+        session.flush()
+        body = hook_dict(hook)
+    _changed(platform)
+    return body
 
 
 @delete(
@@ -216,6 +229,7 @@ def delete_webhook(platform: PlatformDep, access: AccessDep, hook_id: Ref) -> No
             project_id=hook.project_id,
         )
         session.delete(hook)
+    _changed(platform)
 
 
 @get(

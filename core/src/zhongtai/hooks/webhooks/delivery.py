@@ -52,6 +52,7 @@ log = logging.getLogger("zhongtai.webhooks")
 DELIVER = "webhooks.deliver"
 RETRIES = 5  # after the first attempt: 10 s, 20 s, 40 s, 80 s, 160 s later
 RESPONSE_KEEP = 2048
+WEBHOOKS_FRESH = 1.0  # seconds another process's webhook change may take to be seen
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -144,12 +145,13 @@ def _projects_with_webhooks(platform: Platform) -> frozenset[str]:
 
     Every committed event asks, and almost none has a subscriber: this spares each a
     query. Writes to ``webhooks`` bump the identity generation (migration
-    c0e1a0000005), so every process sees a new webhook on its next event.
+    c0e1a0000005); the process that wrote reads it at once, the others within
+    :data:`WEBHOOKS_FRESH` seconds (so events are not each a round trip).
     """
     from zhongtai.identity.cache import identity_cache
 
     cache = identity_cache(platform)
-    generation = cache.generation()
+    generation = cache.generation(within=WEBHOOKS_FRESH)
     key = ("webhooks", "projects")
     projects: frozenset[str] | None = cache.get("result", key, generation)
     if projects is None:

@@ -230,7 +230,10 @@ class PlatformWorker(SimpleWorker):
 
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
-        self.death_penalty_class = TimerDeathPenalty  # works outside the main thread too
+        if threading.current_thread() is not threading.main_thread():
+            # RQ's default (SIGALRM) needs the main thread; the timer costs a thread
+            # per job, so only where it must.
+            self.death_penalty_class = TimerDeathPenalty
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         if job.func_name != EXECUTE:
