@@ -28,6 +28,9 @@ help:
 
 sync: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
 	$(UV) sync --locked --quiet --compile-bytecode
+	@# htmx and uPlot from the npm registry, as core/ui-assets/package-lock.json pins them
+	@# (checked against its integrity hashes; nothing is downloaded once they are there).
+	$(UV) run --no-sync python -m zhongtai.ui.vendor --quiet
 
 serve: sync
 	$(UV) run --no-sync zhongtai serve

@@ -17,11 +17,13 @@ if [[ "${QUICK:-}" == 1 ]]; then
     http_args=(--rounds 1 --duration 3 --seq-requests 500)
     auth_args=(--rounds 1 --duration 3)
     jobs_args=(--quick)
+    ui_args=(--jobs 2000 --requests 50)
 else
     startup_args=()
     http_args=()
     auth_args=()
     jobs_args=()
+    ui_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -36,8 +38,10 @@ echo
 "$PY" bench/auth_overhead.py "${auth_args[@]}" | tee bench/results/auth_overhead.txt
 echo
 "$PY" bench/jobs.py "${jobs_args[@]}" | tee bench/results/jobs.txt
+echo
+"$PY" bench/ui.py "${ui_args[@]}" | tee bench/results/ui.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
 grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
-    bench/results/auth_overhead.txt bench/results/jobs.txt
+    bench/results/auth_overhead.txt bench/results/jobs.txt bench/results/ui.txt

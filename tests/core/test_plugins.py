@@ -68,7 +68,7 @@ def test_plugins_setting_chooses_what_loads(zt_app_factory, zt_settings):
     settings = zt_settings.model_copy(update={"plugins": ["misspelled"]})
     app = zt_app_factory(settings=settings, plugins=None)
     names = set(app.state["platform"].plugins.records)
-    assert names == {"system", "lineage", "identity", "jobs", "webhooks", "misspelled"}
+    assert names == {"system", "lineage", "identity", "jobs", "webhooks", "ui", "misspelled"}
 
 
 def test_table_collision_between_plugins_is_refused_naming_both(zt_app_factory):
@@ -152,7 +152,8 @@ def test_plugin_routes_are_mounted_under_their_prefix(zt_register_plugin, zt_cli
     zt_register_plugin(Shadow(), name="shadowing")
     with zt_client_factory() as client:
         assert client.get("/api/v1/shadowing").json() == {"items": ["fake"]}
-        assert client.get("/").status_code == 404
+        root = client.get("/", follow_redirects=False)  # the core's: to the web UI
+        assert root.status_code == 302 and root.headers["location"] == "/ui"
 
 
 def test_invalid_plugin_name_is_refused(zt_register_plugin, zt_client_factory):

@@ -176,6 +176,21 @@ def test_500_has_request_id_and_no_stack_trace(zt_client, zt_platform):
     assert body["request_id"]
 
 
+def test_a_busy_sqlite_writer_is_503_with_retry_after(zt_client, zt_platform):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    def busy(*args, **kwargs):
+        raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+
+    zt_platform.db.transaction = busy
+    response = zt_client.get("/api/v1/lineage?kind=a&id=b")
+    body = assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert "busy" in body["detail"]
+
+
 def test_metrics_count_requests_by_route_template(zt_client):
     zt_client.get("/api/v1/lineage?kind=a&id=b")
     zt_client.get("/nowhere")

@@ -49,6 +49,7 @@ HOOKS = [
     "register_commands",
     "register_job_types",
     "register_migrations",
+    "register_panels",
     "register_permissions",
     "register_routes",
     "register_settings",

@@ -130,6 +130,11 @@ class IdentitySettings(BaseModel):
         default=900, ge=1, description="Seconds over which failed logins are counted."
     )
     login_lockout: int = Field(default=900, ge=1, description="Seconds a lock lasts.")
+    session_ttl: int = Field(
+        default=14 * 86400,
+        ge=60,
+        description="Seconds a web UI sign-in lasts (the browser's session cookie).",
+    )
     cache: bool = Field(
         default=True,
         description=(

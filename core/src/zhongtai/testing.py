@@ -267,6 +267,38 @@ def zt_client_factory(
     return factory
 
 
+@contextmanager
+def serve_in_thread(app: Litestar) -> Iterator[str]:
+    """``app`` under uvicorn on a free port of 127.0.0.1, in a thread (its start-up and
+    shutdown hooks run); yields the base URL. For tests that need a real HTTP server:
+    concurrency, a browser."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
 @functools.cache
 def _default_hash() -> str:
     """One argon2 hash of the default password, shared by every test user (~50 ms each)."""

@@ -43,6 +43,13 @@ PUBLIC_ROUTES = {
     "GET /api/openapi.json",
     "GET /api/oauth2-redirect.html",
     "GET /api/{path:str}",
+    # The web UI: its sign-in form, the redirect to it, and the core's static files
+    # (CSS, the UI's own script, htmx).
+    "GET /",
+    "GET /ui/login",
+    "POST /ui/login",
+    "GET /ui/static/core/{file_path:path}",
+    "HEAD /ui/static/core/{file_path:path}",
 }
 
 

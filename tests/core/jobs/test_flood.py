@@ -8,50 +8,24 @@ nothing else is, and ``/healthz`` keeps answering quickly throughout.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from zhongtai.identity.models import AuditEvent
 from zhongtai.jobs.models import Job
-from zhongtai.testing import ZtIdentity
+from zhongtai.testing import ZtIdentity, serve_in_thread
 
 FLOOD = 1000
 PER_SECOND = 40
 PENDING = 30
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 async def flood(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +57,24 @@ async def flood(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict
     return {"answers": answers, "health": health, "seconds": seconds}
 
 
+def run_in_own_loop(coroutine: Any) -> Any:
+    """``asyncio.run`` in a thread of its own: the test's thread may have a loop already."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = asyncio.run(coroutine)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(300)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 @pytest.mark.zt_plugins("hello")
 def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
     zt_app_factory: Callable[..., Any], zt_settings: Any
@@ -91,7 +83,7 @@ def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
         update={"submissions_per_second": PER_SECOND, "max_pending_per_project": PENDING}
     )
     app = zt_app_factory(settings=zt_settings.model_copy(update={"jobs": jobs}))
-    with serving(app) as url:
+    with serve_in_thread(app) as url:
         platform = app.state["platform"]
         identity = ZtIdentity(platform)
         user, project = identity.project_with("developer")
@@ -100,7 +92,7 @@ def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
         # Scheduled an hour ahead: every accepted job stays pending, on both drivers.
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         body = {"type": "hello.noop", "project": project.id, "run_at": later}
-        result = asyncio.run(flood(url, headers, body))
+        result = run_in_own_loop(flood(url, headers, body))
 
     answers: list[httpx.Response] = result["answers"]
     statuses = [a.status_code for a in answers]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from zhongtai.jobs.types import JobType
     from zhongtai.platform import Platform
     from zhongtai.settings import PluginSettings
+    from zhongtai.ui.panels import Panel
 
 
 # ---------------------------------------------------------------------------
@@ -101,6 +102,22 @@ def register_routes(platform: Platform) -> list[ControllerRouterHandler] | None:
     plugin cannot shadow a core URL: a plugin named like a core route prefix is
     refused. Handlers get the platform by declaring a ``platform: PlatformDep`` argument
     (``from zhongtai.web.params import PlatformDep``).
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_panels() -> list[Panel] | None:
+    """Called while the app is assembled; return the web UI's pages and dashboard cards.
+
+    Each :class:`zhongtai.ui.Panel` has a title in English and Chinese, an icon, a
+    route, a template from the plugin's own ``templates/`` folder, the permission it
+    takes to see it and, optionally, a function that gathers the template's data (and
+    one that handles its form). A plugin's pages answer under ``/ui/<plugin>/``; its
+    templates are named ``<plugin>/<file>`` and its static files are served from
+    ``/ui/static/<plugin>/``, so no plugin can replace another's. Pages appear in the
+    navigation of users who hold the permission; cards on the dashboard.
 
     Added in 0.1.
     """

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("identity", "zhongtai.identity.plugin"),
     ("jobs", "zhongtai.jobs.plugin"),
     ("webhooks", "zhongtai.hooks.webhooks.plugin"),
+    ("ui", "zhongtai.ui.plugin"),
 )
 
 

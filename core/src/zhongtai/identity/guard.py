@@ -50,6 +50,13 @@ from zhongtai.identity.apikeys import (
     lookup_api_key,
     touch_api_key,
 )
+from zhongtai.identity.browser import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    csrf_ok,
+    session_principal,
+)
 from zhongtai.identity.cache import identity_cache
 from zhongtai.identity.models import User
 from zhongtai.identity.principal import Principal
@@ -70,6 +77,7 @@ AUTHENTICATED = "authenticated"
 PRINCIPAL_SCOPE_KEY = "zt_principal"
 GENERATION_SCOPE_KEY = "zt_identity_generation"  # what the principal was read under
 AUDIT_SCOPE_KEY = "zt_audit"  # present: the request gets an audit row
+SESSION_SCOPE_KEY = "zt_browser_session"  # the cookie, when the caller is a signed-in browser
 # Present: no audit row, whatever the method. Set on requests a rate limit refused, so
 # that a flood of them costs no writes (the access log and metrics still count them).
 NO_AUDIT_SCOPE_KEY = "zt_no_audit"
@@ -225,7 +233,12 @@ async def access_guard(
     platform: Platform = connection.app.state["platform"]
     credentials = _bearer(connection)
     if credentials is None:
-        raise Unauthorized()
+        cookie = connection.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise Unauthorized()
+        await _browser(connection, platform, cookie)
+        _check_site_permission(platform, connection.scope[PRINCIPAL_SCOPE_KEY], spec)  # type: ignore[literal-required]
+        return
     if platform.db.is_embedded:
         # SQLite is a local file: an indexed read costs less than the hop to a
         # worker thread, and WAL readers never wait for writers. The rare write
@@ -241,6 +254,10 @@ async def access_guard(
             await anyio.to_thread.run_sync(_touch, platform, touch)
     connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
     connection.scope[GENERATION_SCOPE_KEY] = generation  # type: ignore[literal-required]
+    _check_site_permission(platform, principal, spec)
+
+
+def _check_site_permission(platform: Platform, principal: Principal, spec: str) -> None:
     if spec != AUTHENTICATED:
         if spec not in platform.permissions:
             # Start-up unloads a plugin whose route names an undeclared permission.
@@ -250,6 +267,39 @@ async def access_guard(
             principal.is_superuser and rules.key_admits(principal, permission, None)
         ):
             raise PermissionDeniedException(f"requires {permission.name}")
+
+
+async def _browser(
+    connection: ASGIConnection[Any, Any, Any, Any], platform: Platform, cookie: str
+) -> None:
+    """Authenticate by the web UI's session cookie; a state-changing request must also
+    carry the session's CSRF token (see :mod:`zhongtai.identity.browser`)."""
+    if platform.db.is_embedded:
+        principal = session_principal(platform, cookie)
+    else:
+        principal = await anyio.to_thread.run_sync(session_principal, platform, cookie)
+    if principal is None:
+        raise Unauthorized("your session has ended; sign in again", reason="unknown session")
+    if connection.scope.get("method") in _UNSAFE:
+        offered = connection.headers.get(CSRF_HEADER)
+        content_type = connection.headers.get("content-type", "")
+        if (
+            offered is None
+            and isinstance(connection, Request)
+            and content_type.startswith(
+                ("application/x-www-form-urlencoded", "multipart/form-data")
+            )
+        ):
+            form = await connection.form()
+            value = form.get(CSRF_FIELD)
+            offered = value if isinstance(value, str) else None
+        if not csrf_ok(platform, cookie, offered):
+            raise PermissionDeniedException("missing or wrong CSRF token; reload the page")
+    connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
+    connection.scope[SESSION_SCOPE_KEY] = cookie  # type: ignore[literal-required]
+
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Access:

@@ -104,6 +104,21 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BrowserSession(Base):
+    """A signed-in browser (the web UI's cookie): only a keyed hash of the cookie is kept.
+
+    Signing out deletes the row; changing the password deletes all of a user's.
+    """
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hmac of the cookie
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
 class IdentityGeneration(Base):
     """One row counting writes to the identity tables (see :mod:`zhongtai.identity.cache`).
 

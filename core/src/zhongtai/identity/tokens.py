@@ -21,11 +21,11 @@ import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import utcnow
-from zhongtai.identity.models import RefreshToken, User
+from zhongtai.identity.models import BrowserSession, RefreshToken, User
 from zhongtai.metadata.ids import new_id
 
 __all__ = [
@@ -327,11 +327,17 @@ def revoke_refresh_token(
 
 
 def revoke_all_for_user(session: Session, user_id: str, *, now: datetime | None = None) -> int:
-    """Revoke every refresh token of a user (password change, deactivation).
+    """Revoke every refresh token of a user, and sign out every browser of theirs
+    (password change, deactivation).
 
     Returns:
         How many tokens were revoked now.
     """
+    session.execute(
+        delete(BrowserSession)
+        .where(BrowserSession.user_id == user_id)
+        .execution_options(synchronize_session=False)
+    )
     result = session.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))

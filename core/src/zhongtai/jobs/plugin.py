@@ -30,6 +30,13 @@ def register_commands() -> list[Any]:
     return [worker]
 
 
+@zhongtai.hookimpl
+def register_panels() -> list[Any]:
+    from zhongtai.jobs.ui import PANELS
+
+    return list(PANELS)
+
+
 @zhongtai.hookimpl(trylast=True)
 def admit_job(request: AdmissionRequest, platform: Platform) -> Admission:
     from zhongtai.jobs.admission import core_policy

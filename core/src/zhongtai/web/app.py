@@ -64,6 +64,11 @@ RESERVED_NAMES = frozenset(
         "admin",
         "core",
         "system",
+        "login",
+        "logout",
+        "language",
+        "keys",
+        "dashboard",
     }
 )
 

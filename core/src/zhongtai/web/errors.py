@@ -111,6 +111,16 @@ def unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Resp
     """
     from sqlalchemy.exc import DBAPIError
 
+    if isinstance(exc, DBAPIError) and _is_busy(exc):
+        # SQLite's one writer was busy for longer than its busy timeout: nothing was
+        # written, and the same request shortly after will go through.
+        log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "the database is busy; try again shortly",
+            headers={"Retry-After": "1"},
+            instance=request.url.path,
+        )
     if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_outage(exc):
         return internal_error_handler(request, exc)
     log.warning("service unavailable on %s %s: %s", request.method, request.url.path, exc)
@@ -121,6 +131,12 @@ def unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Resp
         headers={"Retry-After": "5"},
         instance=request.url.path,
     )
+
+
+def _is_busy(exc: Exception) -> bool:
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc).lower()
 
 
 def _is_outage(exc: Exception) -> bool:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from zhongtai.identity.roles import Permission
     from zhongtai.jobs import JobType
     from zhongtai.platform import Platform
+    from zhongtai.ui import Panel
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 
@@ -59,6 +60,14 @@ def register_job_types() -> list[JobType]:
     from zhongtai_hello.jobs import ECHO, NOOP
 
     return [ECHO, NOOP]
+
+
+@zhongtai.hookimpl
+def register_panels() -> list[Panel]:
+    """A greetings page under ``/ui/hello/greetings`` and a dashboard card."""
+    from zhongtai_hello.panels import PANELS
+
+    return list(PANELS)
 
 
 @zhongtai.hookimpl

@@ -64,7 +64,7 @@ from zhongtai.identity.api.users import (
     normalize_email,
     user_dict,
 )
-from zhongtai.identity.guard import AccessDep, Unauthorized, authenticated, public
+from zhongtai.identity.guard import Access, AccessDep, Unauthorized, authenticated, public
 from zhongtai.identity.models import (
     Invitation,
     Organization,
@@ -270,7 +270,21 @@ def _accept(session: Session, invitation: Invitation, user: User, email: str, fi
 @post("/api/v1/auth/login", tags=["auth"], status_code=200, sync_to_thread=True, opt=public())
 def login(platform: PlatformDep, access: AccessDep, data: JSONBody[LoginIn]) -> dict[str, Any]:
     """Exchange an email and password for an access token and a refresh token."""
-    email = data.email.strip().lower()
+    user_id = password_login(platform, access, data.email, data.password)
+    with platform.db.transaction() as session:
+        return _token_pair(platform, session, user_id)
+
+
+def password_login(platform: Platform, access: Access, email: str, password: str) -> str:
+    """Check a sign-in (throttled, audited); return the user's id.
+
+    The API's login and the web UI's sign-in form both come here.
+
+    Raises:
+        Unauthorized: wrong email or password, or an inactive account (one answer).
+        TooManyRequestsException: too many failures; ``Retry-After`` says how long.
+    """
+    email = email.strip().lower()
     access.audit(action="auth.login", detail={"email": email[:EMAIL_MAX]})
     keys = throttle.keys_for(email, access.client_addr)
     _refuse_if_locked(platform, keys)
@@ -280,7 +294,7 @@ def login(platform: PlatformDep, access: AccessDep, data: JSONBody[LoginIn]) -> 
         ).first()
     stored = row.password_hash if row is not None else None
     # Always spend the argon2 time, whether or not the account exists.
-    valid = verify_password(stored, data.password)
+    valid = verify_password(stored, password)
     if row is not None:
         access.audit(target_kind="user", target_id=row.id)
     if not valid or row is None or not row.is_active:
@@ -289,7 +303,7 @@ def login(platform: PlatformDep, access: AccessDep, data: JSONBody[LoginIn]) -> 
         raise Unauthorized(_LOGIN_FAILED)
     access.audit(actor_user_id=row.id)
     assert stored is not None
-    rehashed = hash_password(data.password) if needs_rehash(stored) else None
+    rehashed = hash_password(password) if needs_rehash(stored) else None
     with platform.db.transaction() as session:
         throttle.record_success(session, throttle.email_key(email))
         if rehashed is not None:
@@ -298,7 +312,7 @@ def login(platform: PlatformDep, access: AccessDep, data: JSONBody[LoginIn]) -> 
                 .where(User.id == row.id, User.password_hash == stored)
                 .values(password_hash=rehashed)
             )
-        return _token_pair(platform, session, row.id)
+    return str(row.id)
 
 
 @post("/api/v1/auth/refresh", tags=["auth"], status_code=200, sync_to_thread=True, opt=public())
