@@ -466,3 +466,108 @@ def test_account_profile_and_password(ui):
     # Every session ended, this one too; the new password works.
     assert client.get("/ui", follow_redirects=False).status_code == 303
     sign_in(client, user.email, "a new long password")
+
+
+def invite(client: TestClient[Any], identity: ZtIdentity, email: str, role: str = "developer"):
+    """An owner invites ``email`` to a new organization; returns (token, org id)."""
+    owner, project = user_with_project(identity)
+    from zhongtai.identity.models import OrgMember, Project
+
+    with identity.platform.db.transaction() as session:
+        org_id = session.get(Project, project.id).org_id
+        session.add(OrgMember(org_id=org_id, user_id=owner.id, role=50))
+    made = client.post(
+        f"/api/v1/orgs/{org_id}/invitations",
+        json={"email": email, "role": role},
+        headers=identity.headers(owner),
+    )
+    assert made.status_code == 201, made.text
+    url = made.json()["accept_url"]
+    return url.split("token=", 1)[1], org_id
+
+
+def test_an_invitation_is_accepted_by_the_signed_in_invitee(ui):
+    client, identity = ui
+    invitee, _ = user_with_project(identity)
+    token, org_id = invite(client, identity, invitee.email)
+    bad = client.get("/invite?token=nope")
+    assert bad.status_code == 400 and "not a valid invitation" in bad.text
+    signed_out = client.get(f"/invite?token={token}")
+    assert signed_out.status_code == 200
+    assert (
+        "/ui/login?next=" in signed_out.text
+        and 'name="action" value="accept"' not in signed_out.text
+    )
+    csrf = sign_in(client, invitee.email)
+    page = client.get(f"/invite?token={token}")
+    assert 'name="action" value="accept"' in page.text
+    forged = client.post("/invite", data={"token": token, "action": "accept"})
+    assert forged.status_code == 403
+    joined = client.post(
+        "/invite",
+        data={"token": token, "action": "accept", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert joined.status_code == 303, joined.text
+    from sqlalchemy import select
+
+    from zhongtai.identity.models import OrgMember
+
+    with identity.platform.db.transaction() as session:
+        role = session.scalar(
+            select(OrgMember.role).where(
+                OrgMember.org_id == org_id, OrgMember.user_id == invitee.id
+            )
+        )
+    assert role == 20
+    again = client.get(f"/invite?token={token}")
+    assert again.status_code == 400 and "already been used" in again.text
+
+
+def test_an_invitee_without_an_account_creates_one(zt_app_factory, zt_settings):
+    identity_settings = zt_settings.identity.model_copy(update={"registration": "invite"})
+    app = zt_app_factory(settings=zt_settings.model_copy(update={"identity": identity_settings}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        identity = ZtIdentity(app.state["platform"])
+        token, org_id = invite(client, identity, "newcomer@example.com")
+        page = client.get(f"/invite?token={token}")
+        assert "newcomer@example.com" in page.text and 'value="register"' in page.text
+        csrf = csrf_of(page.text)
+        short = client.post(
+            "/invite",
+            data={
+                "token": token,
+                "action": "register",
+                "csrf_token": csrf,
+                "password": "short",
+                "password_again": "short",
+            },
+        )
+        assert short.status_code == 422 and 'id="password-error"' in short.text
+        made = client.post(
+            "/invite",
+            data={
+                "token": token,
+                "action": "register",
+                "csrf_token": csrf,
+                "display_name": "New Comer",
+                "password": PASSWORD,
+                "password_again": PASSWORD,
+            },
+            follow_redirects=False,
+        )
+        assert made.status_code == 303, made.text
+        assert "zt_session" in made.headers["set-cookie"]
+        projects = client.get("/ui/projects")
+        assert projects.status_code == 200 and "New Comer" in projects.text
+        from sqlalchemy import select
+
+        from zhongtai.identity.models import OrgMember, User
+
+        with identity.platform.db.transaction() as session:
+            role = session.scalar(
+                select(OrgMember.role)
+                .join(User, User.id == OrgMember.user_id)
+                .where(OrgMember.org_id == org_id, User.email == "newcomer@example.com")
+            )
+        assert role == 20

@@ -245,7 +245,7 @@ def choose_language(request: Request[Any, Any, Any], user: User | None) -> str:
     return "en"
 
 
-def _secure(request: Request[Any, Any, Any]) -> bool:
+def secure(request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https"
 
 
@@ -431,7 +431,7 @@ def _page_handler(entry: Entry) -> list[Any]:
                     path="/ui",
                     httponly=True,
                     samesite="lax",
-                    secure=_secure(request),
+                    secure=secure(request),
                 )
             )
         return html_response(html, status, cookies)
@@ -476,17 +476,22 @@ def _login_form(
     cookie = Cookie(
         key=LOGIN_CSRF_COOKIE,
         value=token,
-        path="/ui",
+        path="/",
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=secure(request),
     )
     return html_response(html, 401 if error else 200, [cookie])
 
 
 def _safe_next(value: str | None) -> str:
     """Only a path of the UI itself: never another site."""
-    if value and value.startswith("/ui") and not value.startswith("//") and "\\" not in value:
+    if (
+        value
+        and value.startswith(("/ui", "/invite?"))
+        and not value.startswith("//")
+        and "\\" not in value
+    ):
         return value
     return "/ui"
 
@@ -544,10 +549,10 @@ async def login_submit(
             path="/",
             httponly=True,
             samesite="lax",
-            secure=_secure(request),
+            secure=secure(request),
             max_age=platform.settings.identity.session_ttl,
         ),
-        Cookie(key=LOGIN_CSRF_COOKIE, value="", path="/ui", max_age=0),
+        Cookie(key=LOGIN_CSRF_COOKIE, value="", path="/", max_age=0),
     ]
     return LitestarRedirect(
         path=_safe_next(str(form.get("next") or "")), status_code=303, cookies=cookies
@@ -590,7 +595,7 @@ async def choose_language_submit(
 
     await anyio.to_thread.run_sync(keep)
     back = _safe_next(str(form.get("next") or ""))
-    cookie = Cookie(key="zt_lang", value=lang, path="/", samesite="lax", secure=_secure(request))
+    cookie = Cookie(key="zt_lang", value=lang, path="/", samesite="lax", secure=secure(request))
     return LitestarRedirect(path=back, status_code=303, cookies=[cookie])
 
 
@@ -643,8 +648,11 @@ def ui_routes(platform: Platform) -> list[Any]:
         )
         for namespace, folder in ui.static.items()
     ]
+    from zhongtai.ui.invite import ROUTES as INVITE
+
     return [
         root,
+        *INVITE,
         Router(
             path="/",
             route_handlers=[*handlers, *statics],

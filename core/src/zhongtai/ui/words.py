@@ -36,5 +36,12 @@ FLASHES = [
     _("member added"),
     _("members changed"),
     _("password changed"),
+    _("invitation accepted"),
     _("differs"),
+]
+INVITATIONS = [
+    _("not a valid invitation"),
+    _("this invitation has already been used"),
+    _("this invitation has expired"),
+    _("this invitation was sent to a different email address"),
 ]
