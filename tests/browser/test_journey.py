@@ -21,6 +21,14 @@ def shot(page: Any, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
+def wait_until(predicate: Any, seconds: float = 30) -> None:
+    """Poll from the test (the page's CSP forbids the eval of wait_for_function)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def button(page: Any, name: str) -> Any:
     return page.get_by_role("button", name=name, exact=True)
 
@@ -110,9 +118,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         assert page.locator("[data-log-lines]").inner_text().splitlines()[0] == "29: hello"
         page.fill("[data-log-search]", "")
         page.reload()  # the job is done: the page shows the stored outcome
-        page.wait_for_function(
-            "document.querySelector('[data-log-viewer]').dataset.lines === '300'"
-        )
+        wait_until(lambda: viewer.get_attribute("data-lines") == "300")
         shot(page, screenshots, "04-job")
 
         # The plugin's page is in the navigation, with its card on the dashboard.

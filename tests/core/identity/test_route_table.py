@@ -48,6 +48,8 @@ PUBLIC_ROUTES = {
     "GET /",
     "GET /ui/login",
     "POST /ui/login",
+    "GET /invite",  # an invitation's page (its token is the credential)
+    "POST /invite",
     "GET /ui/static/core/{file_path:path}",
     "HEAD /ui/static/core/{file_path:path}",
 }

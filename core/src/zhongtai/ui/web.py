@@ -649,13 +649,14 @@ def ui_routes(platform: Platform) -> list[Any]:
         for namespace, folder in ui.static.items()
     ]
     from zhongtai.ui.invite import ROUTES as INVITE
+    from zhongtai.ui.setup import ROUTES as SETUP
 
     return [
         root,
         *INVITE,
         Router(
             path="/",
-            route_handlers=[*handlers, *statics],
+            route_handlers=[*handlers, *SETUP, *statics],
             response_headers=SECURITY_HEADERS,
             exception_handlers={
                 NotAuthorizedException: _unauthorized,

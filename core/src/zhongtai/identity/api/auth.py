@@ -21,8 +21,9 @@ Routes (access in brackets):
   ``ZHONGTAI_IDENTITY__REGISTRATION`` allows (``off`` by default: 403).
 * ``POST /api/v1/auth/invitations/accept`` [authenticated] — join an organization
   with an invitation token (created at ``POST /api/v1/orgs/{org}/invitations``).
-* ``POST /api/v1/auth/setup`` [public] and the ``/setup`` page — create the first
-  administrator with the setup token; refused (409) once any user exists.
+* ``POST /api/v1/auth/setup`` [public] — create the first
+  administrator with the setup token; refused (409) once any user exists. The
+  ``/setup`` page the printed link opens is the web UI's (:mod:`zhongtai.ui.setup`).
 
 The setup token is ``HMAC(secret_key, "zhongtai-setup-v1")``: stateless, so every
 worker computes the same one, and useless once a user exists. When there is no user
@@ -32,20 +33,17 @@ the identity plugin's ``startup`` hook prints the link (:func:`announce_setup`).
 from __future__ import annotations
 
 import hmac
-import html
 import math
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import click
-from litestar import MediaType, Response, get, patch, post
-from litestar.enums import RequestEncodingType
+from litestar import get, patch, post
 from litestar.exceptions import (
     PermissionDeniedException,
     TooManyRequestsException,
 )
-from litestar.params import Body, JSONBody, QueryParameter
+from litestar.params import JSONBody
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -719,148 +717,6 @@ def setup(platform: PlatformDep, access: AccessDep, data: JSONBody[SetupIn]) -> 
     return user_dict(user)
 
 
-_PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    # The page's URL carries the setup token: never send it on, never cache it.
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
-
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;"
-    "color:#222}label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;"
-    "box-sizing:border-box}button{margin-top:1.2rem;padding:.5rem 1rem}"
-    ".error{color:#a00;border:1px solid #a00;padding:.5rem}"
-)
-
-
-def _page(title: str, body: str, status: int) -> Response[str]:
-    document = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>{html.escape(title)} · zhongtai</title><style>{_STYLE}</style></head>"
-        f"<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>\n"
-    )
-    return Response(document, status_code=status, media_type=MediaType.HTML, headers=_PAGE_HEADERS)
-
-
-def _setup_form(
-    platform: Platform, token: str, *, email: str = "", display_name: str = "", error: str = ""
-) -> str:
-    esc = html.escape
-    minimum = platform.settings.identity.password_min_length
-    notice = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    return (
-        f"{notice}<p>Create the first administrator of this zhongtai server.</p>"
-        '<form method="post" action="setup">'
-        f'<input type="hidden" name="token" value="{esc(token)}">'
-        '<label for="email">Email</label>'
-        f'<input id="email" name="email" type="email" required autocomplete="username" '
-        f'maxlength="{EMAIL_MAX}" value="{esc(email)}">'
-        '<label for="display_name">Display name (optional)</label>'
-        f'<input id="display_name" name="display_name" maxlength="{DISPLAY_NAME_MAX}" '
-        f'value="{esc(display_name)}">'
-        f'<label for="password">Password (at least {minimum} characters)</label>'
-        f'<input id="password" name="password" type="password" required minlength="{minimum}" '
-        'autocomplete="new-password">'
-        '<label for="password_confirm">Password again</label>'
-        '<input id="password_confirm" name="password_confirm" type="password" required '
-        'autocomplete="new-password">'
-        '<button type="submit">Create administrator</button></form>'
-    )
-
-
-_DONE = "<p>This server already has users. Sign in with your account.</p>"
-_BAD_LINK = (
-    "<p>Open the link printed when the server started, or run "
-    "<code>zhongtai users create --superuser</code> on the server.</p>"
-)
-
-
-def _refusal_page(exc: AccountError) -> Response[str]:
-    if exc.status == 409:
-        return _page("Setup is done", _DONE, 409)
-    return _page("Setup link not valid", _BAD_LINK, exc.status)
-
-
-# The two /setup handlers are async and push their work to a thread themselves:
-# Litestar 2.25 wraps the first of several sync_to_thread handlers on one path twice,
-# and a handler returning a Response then fails (the coroutine is never awaited).
-@get("/setup", tags=["auth"], include_in_schema=False, opt=public())
-async def setup_page(
-    platform: PlatformDep,
-    token: Annotated[str | None, QueryParameter(max_length=TOKEN_INPUT_MAX)] = None,
-) -> Response[str]:
-    """The first-run form (no JavaScript) the printed setup link opens."""
-    return await anyio.to_thread.run_sync(_setup_page, platform, token)
-
-
-def _setup_page(platform: Platform, token: str | None) -> Response[str]:
-    try:
-        check_setup_allowed(platform, token)
-    except AccountError as exc:
-        return _refusal_page(exc)
-    assert token is not None
-    return _page("Set up zhongtai", _setup_form(platform, token), 200)
-
-
-def _form_value(form: dict[str, Any], name: str, limit: int) -> str:
-    value = form.get(name, "")
-    if isinstance(value, list):
-        value = value[0] if value else ""
-    return value[:limit] if isinstance(value, str) else ""
-
-
-@post("/setup", tags=["auth"], include_in_schema=False, opt=public())
-async def setup_submit(
-    platform: PlatformDep,
-    access: AccessDep,
-    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.URL_ENCODED)],
-) -> Response[str]:
-    """Handle the setup form: create the administrator, or show the form again with why not."""
-    return await anyio.to_thread.run_sync(_setup_submit, platform, access, data)
-
-
-def _setup_submit(platform: Platform, access: AccessDep, data: dict[str, Any]) -> Response[str]:
-    token = _form_value(data, "token", TOKEN_INPUT_MAX)
-    email = _form_value(data, "email", EMAIL_MAX)
-    display_name = _form_value(data, "display_name", DISPLAY_NAME_MAX)
-    password = _form_value(data, "password", PASSWORD_INPUT_MAX)
-    confirm = _form_value(data, "password_confirm", PASSWORD_INPUT_MAX)
-    access.audit(action="auth.setup", target_kind="user", detail={"email": email, "via": "web"})
-
-    def again(message: str, status: int) -> Response[str]:
-        form = _setup_form(platform, token, email=email, display_name=display_name, error=message)
-        return _page("Set up zhongtai", form, status)
-
-    try:
-        # Refusals first: without the token nobody gets the form back.
-        check_setup_allowed(platform, token)
-        if password != confirm:
-            return again("The two passwords differ.", 400)
-        user = run_setup(
-            platform, token=token, email=email, password=password, display_name=display_name
-        )
-    except AccountError as exc:
-        if exc.status in (403, 409):
-            return _refusal_page(exc)
-        return again(f"{exc.field.replace('_', ' ').capitalize()}: {exc.message}.", exc.status)
-    access.audit(actor_user_id=user.id, target_id=user.id)
-    return _page(
-        "Administrator created",
-        f"<p>The account <strong>{html.escape(user.email)}</strong> is a superuser. "
-        "Sign in with it (<code>POST /api/v1/auth/login</code>); "
-        "this setup link no longer works.</p>",
-        201,
-    )
-
-
 ROUTES: list[Any] = [
     login,
     refresh,
@@ -871,6 +727,4 @@ ROUTES: list[Any] = [
     register,
     accept_invitation,
     setup,
-    setup_page,
-    setup_submit,
 ]
