@@ -121,6 +121,18 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         wait_until(lambda: viewer.get_attribute("data-lines") == "300")
         shot(page, screenshots, "04-job")
 
+        # Fast output: 10,000 lines as fast as the job can write them, all shown.
+        page.goto(f"{url}/ui/jobs")
+        page.select_option("#job-type", "hello.echo")
+        page.fill("#job-params", json.dumps({"text": "fast", "repeat": 10_000}))
+        button(page, "Submit").click()
+        page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-z]+.*"))
+        fast = page.locator("[data-log-viewer]")
+        wait_until(lambda: fast.get_attribute("data-lines") == "10000", seconds=90)
+        lines = page.locator("[data-log-lines]").inner_text().splitlines()
+        assert len(lines) == 10_000 and lines[0] == "1: fast" and lines[-1] == "10000: fast"
+        assert lines == [f"{i}: fast" for i in range(1, 10_001)]
+
         # The plugin's page is in the navigation, with its card on the dashboard.
         assert page.locator("[data-panel='hello.greetings']").count() == 1
         page.goto(f"{url}/ui")

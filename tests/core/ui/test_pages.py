@@ -571,3 +571,66 @@ def test_an_invitee_without_an_account_creates_one(zt_app_factory, zt_settings):
                 .where(OrgMember.org_id == org_id, User.email == "newcomer@example.com")
             )
         assert role == 20
+
+
+def test_superusers_manage_accounts_and_others_get_not_found(ui):
+    client, identity = ui
+    admin, _ = user_with_project(identity)
+    from zhongtai.identity.models import User
+
+    with identity.platform.db.transaction() as session:
+        session.get(User, admin.id).is_superuser = True
+    csrf = sign_in(client, admin.email)
+    short = client.post(
+        "/ui/admin/users",
+        data={
+            "csrf_token": csrf,
+            "action": "create",
+            "email": "ops@example.com",
+            "password": "short",
+        },
+    )
+    assert short.status_code == 422 and 'id="password-error"' in short.text
+    assert 'value="ops@example.com"' in short.text and 'value="short"' not in short.text
+    made = client.post(
+        "/ui/admin/users",
+        data={
+            "csrf_token": csrf,
+            "action": "create",
+            "email": "ops@example.com",
+            "password": PASSWORD,
+            "display_name": "Ops",
+        },
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text
+    listing = client.get("/ui/admin/users").text
+    assert 'data-user="ops@example.com"' in listing
+    ops_id = re.search(
+        r'data-user="ops@example.com">.*?name="user" value="([^"]+)"', listing, re.S
+    ).group(1)
+    row = listing.split(f'data-user="{admin.email}"')[1].split("</tr>")[0]
+    assert 'name="action"' not in row  # no buttons on one's own account
+    off = client.post(
+        "/ui/admin/users",
+        data={"csrf_token": csrf, "action": "deactivate", "user": ops_id},
+        follow_redirects=False,
+    )
+    assert off.status_code == 303
+    other = TestClient(client.app)
+    with other:
+        form = other.get("/ui/login")
+        refused = other.post(
+            "/ui/login",
+            data={
+                "email": "ops@example.com",
+                "password": PASSWORD,
+                "csrf_token": csrf_of(form.text),
+            },
+        )
+        assert refused.status_code == 401
+    client.post("/ui/logout", data={"csrf_token": csrf})
+    plain, _ = user_with_project(identity)
+    sign_in(client, plain.email)
+    assert client.get("/ui/admin/users").status_code == 404
+    assert 'data-panel="ui.users"' not in client.get("/ui").text

@@ -301,7 +301,50 @@ def _users(view: View) -> Mapping[str, Any]:
         limit=None,
         cursor=view.query.get("cursor") or None,
     )
-    return {"page": page or {"items": [], "next_cursor": None}, "errors": errors}
+    return {
+        "page": page or {"items": [], "next_cursor": None},
+        "errors": errors,
+        "me": view.access.principal.user_id,
+        "minimum": view.platform.settings.identity.password_min_length,
+    }
+
+
+def _users_post(view: View) -> Redirect | Mapping[str, Any]:
+    """Create an account, or switch one's active or superuser flag (API rules apply:
+    nobody deactivates or demotes themselves)."""
+    from zhongtai.identity.api import users
+
+    action = view.form.get("action")
+    if action == "create":
+        data = {
+            "email": view.form.get("email", ""),
+            "password": view.form.get("password", ""),
+            "display_name": view.form.get("display_name", ""),
+            "is_superuser": view.form.get("is_superuser") == "on",
+        }
+        _, errors = call_api(users.create_user, view, users.UserCreate, data=data)
+        if errors:
+            values = {k: v for k, v in view.form.items() if k != "password"}
+            return {**_users(view), "create_errors": errors, "values": values}
+        return Redirect("/ui/admin/users", flash="user created")
+    flags = {
+        "activate": {"is_active": True},
+        "deactivate": {"is_active": False},
+        "grant-superuser": {"is_superuser": True},
+        "revoke-superuser": {"is_superuser": False},
+    }
+    if action not in flags:
+        return {**_users(view), "errors": {"action": "unknown action"}}
+    _, errors = call_api(
+        users.update_user,
+        view,
+        users.UserUpdate,
+        data=flags[str(action)],
+        user_id=str(view.form.get("user", "")),
+    )
+    if errors:
+        return {**_users(view), "errors": errors}
+    return Redirect("/ui/admin/users", flash="user changed")
 
 
 def _plugins(view: View) -> Mapping[str, Any]:
@@ -390,7 +433,15 @@ PANELS = [
     ),
     _page("keys", "/keys", "key", 80, _keys, on_post=_keys_post),
     _page("account", "/account", "user", 85, _account, on_post=_account_post, nav=False),
-    _page("users", "/admin/users", "users", 90, _users, permission="core.users.manage"),
+    _page(
+        "users",
+        "/admin/users",
+        "users",
+        90,
+        _users,
+        on_post=_users_post,
+        permission="core.users.manage",
+    ),
     _page("plugins", "/admin/plugins", "puzzle", 91, _plugins, permission="core.users.manage"),
     _page("audit", "/admin/audit", "list", 92, _audit, permission="core.users.manage"),
     Panel(

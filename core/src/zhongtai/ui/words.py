@@ -37,6 +37,8 @@ FLASHES = [
     _("members changed"),
     _("password changed"),
     _("invitation accepted"),
+    _("user created"),
+    _("user changed"),
     _("differs"),
 ]
 INVITATIONS = [
