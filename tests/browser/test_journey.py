@@ -149,6 +149,13 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         page.click("[data-panel='jobs.jobs']")
         assert "提交任务" in page.content()
         shot(page, screenshots, "07-jobs-zh")
+        page.click("[data-job] a")
+        page.wait_for_selector("[data-log-viewer]")
+        assert "日志" in page.content()
+        shot(page, screenshots, "08-job-zh")
+        page.click("[data-panel='ui.settings']")
+        assert "添加成员" in page.content()
+        shot(page, screenshots, "09-settings-zh")
         assert not [p for p in problems if "Content Security Policy" in p], problems
         cookies = context.cookies()
         context.close()
