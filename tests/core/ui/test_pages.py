@@ -115,7 +115,14 @@ def test_a_hostile_project_name_is_text_everywhere(ui):
     client, identity = ui
     user, project = user_with_project(identity, name=XSS)
     sign_in(client, user.email)
-    for path in ["/ui", f"/ui/projects?project={project.id}", "/ui/keys", "/ui/jobs"]:
+    for path in [
+        "/ui",
+        f"/ui/projects?project={project.id}",
+        "/ui/keys",
+        "/ui/jobs",
+        "/ui/settings",
+        "/ui/account",
+    ]:
         page = client.get(path)
         assert page.status_code == 200, path
         assert XSS not in page.text, path

@@ -262,14 +262,21 @@ def html_response(
 
 
 def _visible_projects(session: Any, access: Access) -> list[Project]:
-    return list(
-        session.scalars(
-            select(Project)
-            .where(Project.id.in_(access.visible_projects("core.project.read")))
-            .order_by(Project.name)
-            .limit(500)
-        )
-    )
+    """The switcher's projects, by organization then name (each with ``org_name``)."""
+    from zhongtai.identity.models import Organization
+
+    rows = session.execute(
+        select(Project, Organization.name)
+        .join(Organization, Organization.id == Project.org_id)
+        .where(Project.id.in_(access.visible_projects("core.project.read")))
+        .order_by(Organization.name, Project.name)
+        .limit(500)
+    ).all()
+    projects = []
+    for project, org_name in rows:
+        project.org_name = org_name
+        projects.append(project)
+    return projects
 
 
 def _can_see(view: View, session: Any, entry: Entry) -> bool:
