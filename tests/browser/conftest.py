@@ -38,8 +38,11 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Not longer: while Playwright's synchronous API is
+    open, the test thread counts as running an event loop, and later tests that call
+    ``asyncio.run`` would fail."""
     if not CHROMIUM:
         if os.environ.get("ZHONGTAI_REQUIRE_BROWSER"):
             pytest.fail("chromium is not installed (apt-get install chromium)")
