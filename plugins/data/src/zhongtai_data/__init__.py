@@ -1,0 +1,1 @@
+"""zhongtai's data plugin: datasets, versions, uploads, previews, quality reports."""

@@ -1,0 +1,51 @@
+"""The data plugin's hook implementations (the module its entry point names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zhongtai
+
+# The tables, as soon as the plugin loads: the core checks their names and Alembic's
+# autogenerate sees them.
+from zhongtai_data import models  # noqa: F401
+from zhongtai_data.permissions import PERMISSIONS
+from zhongtai_data.settings import DataSettings
+
+if TYPE_CHECKING:
+    from zhongtai.identity.roles import Permission
+    from zhongtai.ui import Panel
+
+MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
+
+
+@zhongtai.hookimpl
+def register_settings() -> type[DataSettings]:
+    return DataSettings
+
+
+@zhongtai.hookimpl
+def register_permissions() -> list[Permission]:
+    return PERMISSIONS
+
+
+@zhongtai.hookimpl
+def register_migrations() -> Path:
+    """The ``data`` Alembic branch."""
+    return MIGRATIONS
+
+
+@zhongtai.hookimpl
+def register_routes() -> list[Any]:
+    """``/api/v1/data/datasets…``."""
+    from zhongtai_data.api import ROUTES
+
+    return list(ROUTES)
+
+
+@zhongtai.hookimpl
+def register_panels() -> list[Panel]:
+    from zhongtai_data.panels import PANELS
+
+    return list(PANELS)
