@@ -447,3 +447,16 @@ def test_multipart_unknown_upload(store: ObjectStore) -> None:
         store.complete_multipart("k", bogus, [(1, md5(b"x"))])
     store.abort_multipart("k", bogus)  # not an error
     assert not store.exists("k")
+
+
+def test_local_path_is_a_readable_file_or_none(store: ObjectStore) -> None:
+    """Readers that need a file (DuckDB) get the local driver's own file; other
+    drivers say None, and every driver refuses a missing object."""
+    store.put("tables/a.csv", b"x,y\n1,2\n")
+    path = store.local_path("tables/a.csv")
+    if store.name == "local":
+        assert path is not None and path.read_bytes() == b"x,y\n1,2\n"
+    else:
+        assert path is None
+    with pytest.raises(ObjectNotFound):
+        store.local_path("tables/missing.csv")

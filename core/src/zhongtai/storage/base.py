@@ -594,6 +594,18 @@ class ObjectStore(abc.ABC):
             StorageError: with the reason, when it cannot.
         """
 
+    def local_path(self, key: str) -> Path | None:
+        """A file on this machine that holds the object's bytes, for readers that need
+        a path (DuckDB, PyArrow); None when the driver keeps objects elsewhere (then
+        copy the object to a temporary file). Read it; never write it.
+
+        Raises:
+            ObjectNotFound: there is no such object.
+            InvalidKey: the key is refused.
+        """
+        self.stat(key)
+        return None
+
     # ---------------------------------------------------------------- presigned URLs
 
     def presign_get(self, key: str, *, expires_in: int = 3600, filename: str | None = None) -> str:

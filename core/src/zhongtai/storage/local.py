@@ -317,6 +317,12 @@ class LocalStore(ObjectStore):
             raise
         return ByteStream(handle, length=max(0, last - first), chunk_size=chunk_size)
 
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return path
+
     def stat(self, key: str) -> ObjectInfo:
         """Return an object's info (see :meth:`ObjectStore.stat`)."""
         path = self._path(key)

@@ -9,6 +9,7 @@ number and makes it immutable. Versions are addressed by number, drafts by id.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import mimetypes
 import re
 from datetime import datetime
@@ -26,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import Event, emit, utcnow
 from zhongtai.identity.guard import Access, AccessDep, requires
+from zhongtai.jobs.engine import JobRefused, jobs_engine
+from zhongtai.jobs.models import Job
 from zhongtai.metadata.lineage import EntityRef, LineageEdge, record_edge
 from zhongtai.platform import Platform
 from zhongtai.storage import ObjectNotFound
@@ -33,11 +36,15 @@ from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 from zhongtai_data.archives import safe_path
 from zhongtai_data.blobs import TooLarge, blob_key, forget_unused, store_blob
+from zhongtai_data.local import local_copy
 from zhongtai_data.models import NAME_MAX, Dataset, File, Version
 from zhongtai_data.permissions import DATASET_DELETE, DATASET_READ, DATASET_WRITE
 from zhongtai_data.settings import DataSettings
+from zhongtai_data.tabular import tabular_format
 
 __all__ = ["ROUTES", "VersionCreated"]
+
+log = logging.getLogger("zhongtai.data")
 
 TAGS = ["data"]
 Ref = Annotated[str, PathParameter(min_length=1, max_length=32)]
@@ -367,9 +374,7 @@ def _delete_objects(platform: Platform, keys: list[str]) -> None:
         try:
             platform.storage.delete(key)
         except Exception:  # an orphan object wastes space; it never shows
-            import logging
-
-            logging.getLogger("zhongtai.data").warning("could not delete %s", key, exc_info=True)
+            log.warning("could not delete %s", key, exc_info=True)
 
 
 # --------------------------------------------------------------------------- versions
@@ -511,6 +516,7 @@ def commit_version(
                 project_id=dataset.project_id,
             )
         session.flush()
+        job = _queue_quality(platform, session, access, dataset, version)
         emit(
             session,
             VersionCreated(
@@ -521,7 +527,40 @@ def commit_version(
             ),
         )
         access.audit(project_id=dataset.project_id, detail={"number": version.number})
-        return version_dict(version)
+        body = {**version_dict(version), "quality_job": job.id if job is not None else None}
+    if job is not None:
+        jobs_engine(platform).dispatch([job])
+    return body
+
+
+def _queue_quality(
+    platform: Platform, session: Session, access: Access, dataset: Dataset, version: Version
+) -> Job | None:
+    """Queue ``data.quality`` for a version with tabular files, in the commit's own
+    transaction (so a failed commit queues nothing); dispatched after the commit."""
+    from zhongtai_data.quality import QualityParams
+
+    has_tables = session.scalar(
+        select(File.id).where(File.version_id == version.id, File.tabular.is_not(None)).limit(1)
+    )
+    if not has_tables:
+        return None
+    engine = jobs_engine(platform)
+    job_type = engine.types.get("data.quality")
+    if job_type is None:
+        return None
+    try:
+        with session.begin_nested():  # a refusal takes back the job's row, not the commit
+            return engine.submit(
+                session,
+                job_type=job_type,
+                project_id=dataset.project_id,
+                principal=access.principal,
+                params=QualityParams(version_id=version.id),
+            )
+    except JobRefused as exc:
+        log.warning("version %s: no quality report queued: %s", version.id, exc)
+        return None
 
 
 @delete(
@@ -662,7 +701,12 @@ def _add_file(
             session.delete(old)
             session.flush()
         row = File(
-            version_id=version.id, path=path, sha256=sha256, size=size, media_type=media_type
+            version_id=version.id,
+            path=path,
+            sha256=sha256,
+            size=size,
+            media_type=media_type,
+            tabular=tabular_format(path, media_type),
         )
         session.add(row)
         version.file_count += 1
@@ -765,6 +809,128 @@ async def download_file(
     return Stream(stream, status_code=status, media_type=media_type, headers=headers)
 
 
+PREVIEW_HEAD = 64 * 2**20  # bytes of a row-oriented file copied for a preview (s3)
+TEXT_HEAD = 64 * 1024
+
+
+def _file_of(
+    platform: Platform, access: Access, dataset_id: str, ref: str, path: str, permission: Any
+) -> tuple[File, Version]:
+    with platform.db.transaction() as session:
+        dataset = _dataset(session, access, dataset_id, permission)
+        version = _version(session, dataset, ref)
+        row = session.scalar(select(File).where(File.version_id == version.id, File.path == path))
+        if row is None:
+            raise NotFoundException(f"no file {path!r} in this version")
+        session.expunge(row)
+        session.expunge(version)
+        return row, version
+
+
+@get(
+    "/datasets/{dataset_id:str}/versions/{ref:str}/preview/{path:path}",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=requires(DATASET_READ),
+)
+def preview_file(
+    platform: PlatformDep,
+    access: AccessDep,
+    dataset_id: Ref,
+    ref: Ref,
+    path: FilePath,
+    offset: Annotated[int, QueryParameter(ge=0, le=10**12)] = 0,
+    limit: Annotated[int | None, QueryParameter(ge=1, le=1000)] = None,
+) -> dict[str, Any]:
+    """A look at a file without downloading it: a page of rows with the schema for
+    CSV, TSV, Parquet and JSON Lines (reading only what is needed; ragged rows and
+    bad encodings are listed in ``problems``), the first lines of a text file, or
+    ``kind: image`` / ``binary``."""
+    row, _version_row = _file_of(
+        platform, access, dataset_id, ref, _checked_path(path.lstrip("/")), DATASET_READ
+    )
+    base = {"path": row.path, "size": row.size, "media_type": row.media_type}
+    if row.tabular is not None:
+        from zhongtai_data.tabular import preview
+
+        rows = limit or _settings(platform).preview_rows
+        head = None if row.tabular == "parquet" else PREVIEW_HEAD
+        with local_copy(platform, row.sha256, head=head) as local:
+            shown = preview(local, row.tabular, offset=offset, limit=rows)  # type: ignore[arg-type]
+        return {
+            **base,
+            "kind": "table",
+            "format": row.tabular,
+            "columns": [{"name": c.name, "type": c.type} for c in shown.columns],
+            "rows": shown.rows,
+            "offset": shown.offset,
+            "limit": shown.limit,
+            "problems": shown.problems,
+        }
+    if row.media_type.startswith("image/"):
+        return {**base, "kind": "image"}
+    if row.media_type.startswith("text/") or row.media_type in ("application/json",):
+        head_bytes = b"".join(platform.storage.open(blob_key(row.sha256), end=TEXT_HEAD))
+        text = head_bytes.decode("utf-8", errors="replace")
+        lines = text.splitlines()[: limit or 200]
+        return {**base, "kind": "text", "lines": lines, "truncated": row.size > TEXT_HEAD}
+    return {**base, "kind": "binary"}
+
+
+@get(
+    "/datasets/{dataset_id:str}/versions/{ref:str}/quality/{path:path}",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=requires(DATASET_READ),
+)
+def get_quality(
+    platform: PlatformDep, access: AccessDep, dataset_id: Ref, ref: Ref, path: FilePath
+) -> dict[str, Any]:
+    """The quality report of a tabular file (404 while the version's ``data.quality``
+    job has not written it)."""
+    from zhongtai_data.models import Report
+
+    row, _ = _file_of(
+        platform, access, dataset_id, ref, _checked_path(path.lstrip("/")), DATASET_READ
+    )
+    with platform.db.transaction() as session:
+        report = session.get(Report, row.id)
+        if report is None:
+            raise NotFoundException("no quality report yet (the data.quality job makes it)")
+        return {
+            "path": row.path,
+            "status": report.status,
+            "job": report.job_id,
+            "created_at": _iso(report.created_at),
+            **report.report,
+        }
+
+
+@post(
+    "/datasets/{dataset_id:str}/versions/{ref:str}/quality",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=requires(DATASET_WRITE),
+    status_code=202,
+)
+def rerun_quality(
+    platform: PlatformDep, access: AccessDep, dataset_id: Ref, ref: Ref
+) -> dict[str, Any]:
+    """Queue ``data.quality`` for a committed version again; returns the job."""
+    access.audit(action="data.quality.run", target_kind="version", target_id=ref)
+    with platform.db.transaction() as session:
+        dataset = _dataset(session, access, dataset_id, DATASET_WRITE)
+        version = _version(session, dataset, ref)
+        if version.status != "committed":
+            raise ClientException(status_code=409, detail="commit the version first")
+        job = _queue_quality(platform, session, access, dataset, version)
+        if job is None:
+            raise _field_error("files", "the version has no tabular file")
+        body = {"job": job.id}
+    jobs_engine(platform).dispatch([job])
+    return body
+
+
 def _disposition(kind: str, name: str) -> str:
     from urllib.parse import quote
 
@@ -805,4 +971,7 @@ ROUTES = [
     upload_file,
     remove_file,
     download_file,
+    preview_file,
+    get_quality,
+    rerun_quality,
 ]

@@ -6,6 +6,7 @@
   only committed versions are listed, and a committed version never changes.
 - ``data_files``: a version's manifest, one row per path: size, SHA-256, media type
   and, for tabular files, the schema and row count.
+- ``data_reports``: the quality report of each tabular file of a committed version.
 - ``data_blobs``: the content-addressed bytes (object store key
   ``data/blobs/<sha256[:2]>/<sha256>``): identical files are stored once, whatever
   the dataset or project. A blob no file refers to any more is deleted with the last
@@ -92,4 +93,19 @@ class File(Base):
     tabular: Mapped[str | None] = mapped_column(String(16), nullable=True)  # csv, parquet…
     columns: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Report(Base):
+    """The quality report of one tabular file of a committed version (job
+    ``data.quality``); ``status`` is ``ok`` or ``failed`` (then ``report`` says why)."""
+
+    __tablename__ = "data_reports"
+
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("data_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -15,6 +15,7 @@ from zhongtai_data.settings import DataSettings
 
 if TYPE_CHECKING:
     from zhongtai.identity.roles import Permission
+    from zhongtai.jobs import JobType
     from zhongtai.ui import Panel
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
@@ -42,6 +43,14 @@ def register_routes() -> list[Any]:
     from zhongtai_data.api import ROUTES
 
     return list(ROUTES)
+
+
+@zhongtai.hookimpl
+def register_job_types() -> list[JobType]:
+    """``data.quality``: schema, rows and quality report of a version's tabular files."""
+    from zhongtai_data.quality import QUALITY
+
+    return [QUALITY]
 
 
 @zhongtai.hookimpl
