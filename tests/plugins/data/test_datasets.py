@@ -282,3 +282,127 @@ def test_version_created_event_after_commit(env, zt_platform):
     committed(client, headers, dataset["id"], {"a.txt": b"a"})
     created = [e for e in seen if isinstance(e, VersionCreated)]
     assert len(created) == 1 and created[0].number == 1 and created[0].project == project.id
+
+
+def archive(kind: str, entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    import io
+    import tarfile
+    import zipfile
+
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in entries.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tar.gz" else "w") as tf:
+            for name, data in entries.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            for name, target in (links or {}).items():
+                info = tarfile.TarInfo(name)
+                info.type = tarfile.SYMTYPE
+                info.linkname = target
+                tf.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_an_archive_expands_into_a_draft(env, kind):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    dataset = new_dataset(client, headers, project.id)
+    version = draft(client, headers, dataset["id"])
+    body = archive(kind, {"a.csv": b"x\n1\n", "sub/b.txt": b"hello"})
+    made = client.post(
+        f"{BASE}/datasets/{dataset['id']}/versions/{version['id']}/archive",
+        data={"prefix": "raw"},
+        files={"file": (f"data.{kind}", body, "application/octet-stream")},
+        headers=headers,
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["files"] == 2
+    files = client.get(
+        f"{BASE}/datasets/{dataset['id']}/versions/{version['id']}/files", headers=headers
+    ).json()["items"]
+    assert sorted(f["path"] for f in files) == ["raw/a.csv", "raw/sub/b.txt"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "links"),
+    [
+        ({"ok.txt": b"1", "../../evil": b"x"}, None),
+        ({"ok.txt": b"1", "/etc/cron.d/x": b"x"}, None),
+        ({"ok.txt": b"1", "link/passwd": b"x"}, {"link": "/etc"}),
+    ],
+)
+def test_a_hostile_archive_is_rejected_whole(env, zt_platform, entries, links):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    dataset = new_dataset(client, headers, project.id)
+    version = draft(client, headers, dataset["id"])
+    answer = client.post(
+        f"{BASE}/datasets/{dataset['id']}/versions/{version['id']}/archive",
+        files={"file": ("bad.tar", archive("tar", entries, links), "application/x-tar")},
+        headers=headers,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["errors"][0]["field"] == "file"
+    assert list(zt_platform.storage.list("data/")) == []
+    got = client.get(
+        f"{BASE}/datasets/{dataset['id']}/versions/{version['id']}", headers=headers
+    ).json()
+    assert got["file_count"] == 0
+
+
+def test_a_zip_bomb_is_rejected_before_anything_is_stored(env, zt_platform):
+    import io
+    import zipfile
+
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    dataset = new_dataset(client, headers, project.id)
+    version = draft(client, headers, dataset["id"])
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("zeros.bin", "w", force_zip64=True) as entry,
+    ):
+        block = b"\0" * (1024 * 1024)
+        for _ in range(300):  # 300 MB of zeros, about 300 KB compressed
+            entry.write(block)
+    answer = client.post(
+        f"{BASE}/datasets/{dataset['id']}/versions/{version['id']}/archive",
+        files={"file": ("bomb.zip", buffer.getvalue(), "application/zip")},
+        headers=headers,
+    )
+    assert answer.status_code == 400 and "zip bomb" in answer.text
+    assert list(zt_platform.storage.list("data/")) == []
+
+
+def test_diff_between_versions(env):
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    dataset = new_dataset(client, headers, project.id)
+    committed(
+        client, headers, dataset["id"], {"keep.txt": b"same", "edit.txt": b"v1", "gone.txt": b"bye"}
+    )
+    second = draft(client, headers, dataset["id"], parent=1)
+    base = f"{BASE}/datasets/{dataset['id']}/versions/{second['id']}"
+    assert upload(client, headers, dataset["id"], second["id"], "edit.txt", b"v2!").is_success
+    assert upload(client, headers, dataset["id"], second["id"], "new.txt", b"hi").is_success
+    assert client.delete(f"{base}/files/gone.txt", headers=headers).status_code == 204
+    client.post(f"{base}/commit", json={}, headers=headers)
+    diff = client.get(
+        f"{BASE}/datasets/{dataset['id']}/versions/2/diff?against=1", headers=headers
+    ).json()
+    assert [f["path"] for f in diff["added"]] == ["new.txt"]
+    assert [f["path"] for f in diff["removed"]] == ["gone.txt"]
+    assert diff["changed"] == [{"path": "edit.txt", "size": [2, 3]}]
+    bad = client.get(f"{BASE}/datasets/{dataset['id']}/versions/2/diff?against=9", headers=headers)
+    assert bad.status_code == 400 and "against" in bad.text

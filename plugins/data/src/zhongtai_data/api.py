@@ -809,6 +809,179 @@ async def download_file(
     return Stream(stream, status_code=status, media_type=media_type, headers=headers)
 
 
+@post(
+    "/datasets/{dataset_id:str}/versions/{ref:str}/archive",
+    tags=TAGS,
+    opt=requires(DATASET_WRITE),
+    status_code=201,
+    request_max_body_size=None,
+)
+async def upload_archive(
+    request: Request[Any, Any, Any],
+    platform: PlatformDep,
+    access: AccessDep,
+    dataset_id: Ref,
+    ref: Ref,
+) -> dict[str, Any]:
+    """Expand a zip, tar or tar.gz (multipart ``file``; optional ``prefix`` folder)
+    into a draft. The whole archive is inspected first: a path that leaves the
+    version, a link, a device, or sizes, counts or compression ratios beyond the
+    limits reject all of it and nothing is added."""
+
+    def check() -> None:
+        with platform.db.transaction() as session:
+            _draft(session, _dataset(session, access, dataset_id, DATASET_WRITE), ref)
+
+    await anyio.to_thread.run_sync(check)
+    settings = _settings(platform)
+    form = await request.form()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise _field_error("file", "send the archive as a multipart part named 'file'")
+        prefix_value = form.get("prefix") or ""
+        prefix = _checked_path(prefix_value, "prefix") + "/" if prefix_value else ""
+        return await anyio.to_thread.run_sync(
+            _expand, platform, access, dataset_id, ref, upload, prefix, settings
+        )
+    finally:
+        for value in form.values():
+            if isinstance(value, UploadFile):
+                await value.close()
+
+
+def _expand(
+    platform: Platform,
+    access: Access,
+    dataset_id: str,
+    ref: str,
+    upload: UploadFile,
+    prefix: str,
+    settings: DataSettings,
+) -> dict[str, Any]:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from zhongtai_data.archives import ArchiveRejected, Limits, detect, extract
+
+    stored: list[tuple[str, str, int]] = []  # (path, sha256, size)
+
+    def write(member: Any, stream: Any) -> None:
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(stream, spool, 1024 * 1024)
+            sha256, size = store_blob(platform, spool, limit=settings.max_file_size)
+        stored.append((prefix + member.path, sha256, size))
+
+    with tempfile.TemporaryDirectory(prefix="zt-archive-") as folder:
+        source = Path(folder) / "archive"
+        with source.open("wb") as out:
+            upload.file.seek(0)
+            shutil.copyfileobj(upload.file, out, 1024 * 1024)
+        with source.open("rb") as fh:
+            head = fh.read(4096)
+        kind = detect(upload.filename or "", head)
+        if kind is None:
+            raise _field_error("file", "not a zip, tar or tar.gz archive")
+        limits = Limits(max_entry_size=settings.max_file_size)
+        try:
+            extract(source, kind, write, limits)
+        except (ArchiveRejected, TooLarge) as exc:
+            _discard(platform, {sha for _p, sha, _s in stored})
+            raise _field_error("file", str(exc)) from None
+    access.audit(action="data.archive.expand", target_kind="version", target_id=ref)
+    with platform.db.transaction() as session:
+        dataset = _dataset(session, access, dataset_id, DATASET_WRITE)
+        version = _draft(session, dataset, ref)
+        paths = [path for path, _sha, _size in stored]
+        for old in session.scalars(
+            select(File).where(File.version_id == version.id, File.path.in_(paths))
+        ):
+            version.file_count -= 1
+            version.total_size -= old.size
+            session.delete(old)
+        session.flush()
+        for path, sha256, size in stored:
+            media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+            session.add(
+                File(
+                    version_id=version.id,
+                    path=path,
+                    sha256=sha256,
+                    size=size,
+                    media_type=media_type,
+                    tabular=tabular_format(path, media_type),
+                )
+            )
+            version.file_count += 1
+            version.total_size += size
+        session.flush()
+        access.audit(project_id=dataset.project_id, detail={"files": len(stored), "kind": kind})
+        return {"files": len(stored), "version": version_dict(version)}
+
+
+def _discard(platform: Platform, shas: set[str]) -> None:
+    """Drop blobs stored for an archive that was then rejected (unless used elsewhere)."""
+    with platform.db.transaction() as session:
+        keys = forget_unused(session, shas)
+    _delete_objects(platform, keys)
+
+
+@get(
+    "/datasets/{dataset_id:str}/versions/{ref:str}/diff",
+    tags=TAGS,
+    sync_to_thread=True,
+    opt=requires(DATASET_READ),
+)
+def diff_versions(
+    platform: PlatformDep,
+    access: AccessDep,
+    dataset_id: Ref,
+    ref: Ref,
+    against: Annotated[str, QueryParameter(min_length=1, max_length=32)],
+) -> dict[str, Any]:
+    """What changed from version ``against`` to this one: files added, removed and
+    changed (by SHA-256); for tables, columns added, removed or retyped and the
+    change in row count (once the quality job has counted them)."""
+    with platform.db.transaction() as session:
+        dataset = _dataset(session, access, dataset_id, DATASET_READ)
+        new = _version(session, dataset, ref)
+        try:
+            old = _version(session, dataset, against)
+        except NotFoundException:
+            raise _field_error("against", f"no version {against} in this dataset") from None
+        before = {f.path: f for f in session.scalars(select(File).where(File.version_id == old.id))}
+        after = {f.path: f for f in session.scalars(select(File).where(File.version_id == new.id))}
+        changed = []
+        for path in sorted(before.keys() & after.keys()):
+            a, b = before[path], after[path]
+            if a.sha256 == b.sha256:
+                continue
+            entry: dict[str, Any] = {"path": path, "size": [a.size, b.size]}
+            if a.columns is not None and b.columns is not None:
+                old_cols = {c["name"]: c["type"] for c in a.columns}
+                new_cols = {c["name"]: c["type"] for c in b.columns}
+                entry["columns"] = {
+                    "added": [c for c in new_cols if c not in old_cols],
+                    "removed": [c for c in old_cols if c not in new_cols],
+                    "retyped": [
+                        {"name": c, "from": old_cols[c], "to": new_cols[c]}
+                        for c in new_cols
+                        if c in old_cols and old_cols[c] != new_cols[c]
+                    ],
+                }
+            if a.rows is not None and b.rows is not None:
+                entry["rows"] = {"from": a.rows, "to": b.rows, "change": b.rows - a.rows}
+            changed.append(entry)
+        return {
+            "from": old.number,
+            "to": new.number,
+            "added": [file_dict(after[p]) for p in sorted(after.keys() - before.keys())],
+            "removed": [file_dict(before[p]) for p in sorted(before.keys() - after.keys())],
+            "changed": changed,
+        }
+
+
 PREVIEW_HEAD = 64 * 2**20  # bytes of a row-oriented file copied for a preview (s3)
 TEXT_HEAD = 64 * 1024
 
@@ -971,6 +1144,8 @@ ROUTES = [
     upload_file,
     remove_file,
     download_file,
+    upload_archive,
+    diff_versions,
     preview_file,
     get_quality,
     rerun_quality,
