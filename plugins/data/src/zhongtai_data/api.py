@@ -1129,7 +1129,10 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+from zhongtai_data.uploads import ROUTES as UPLOAD_ROUTES  # noqa: E402 - uses this module
+
 ROUTES = [
+    *UPLOAD_ROUTES,
     create_dataset,
     list_datasets,
     get_dataset,

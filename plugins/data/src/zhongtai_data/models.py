@@ -6,6 +6,8 @@
   only committed versions are listed, and a committed version never changes.
 - ``data_files``: a version's manifest, one row per path: size, SHA-256, media type
   and, for tabular files, the schema and row count.
+- ``data_uploads``: resumable uploads in progress (their parts are in the object
+  store's multipart uploads).
 - ``data_reports``: the quality report of each tabular file of a committed version.
 - ``data_blobs``: the content-addressed bytes (object store key
   ``data/blobs/<sha256[:2]>/<sha256>``): identical files are stored once, whatever
@@ -109,3 +111,31 @@ class Report(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A resumable upload of one file into a draft (see :mod:`zhongtai_data.uploads`).
+
+    ``multipart`` is the object store's multipart upload id; the parts live there.
+    ``status``: open, completed, failed (size or checksum wrong), aborted, expired.
+    """
+
+    __tablename__ = "data_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("data_datasets.id", ondelete="CASCADE"), index=True
+    )
+    version_id: Mapped[str] = mapped_column(ForeignKey("data_versions.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(PATH_MAX))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    multipart: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()

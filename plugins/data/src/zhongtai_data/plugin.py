@@ -16,6 +16,7 @@ from zhongtai_data.settings import DataSettings
 if TYPE_CHECKING:
     from zhongtai.identity.roles import Permission
     from zhongtai.jobs import JobType
+    from zhongtai.platform import Platform
     from zhongtai.ui import Panel
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
@@ -49,8 +50,22 @@ def register_routes() -> list[Any]:
 def register_job_types() -> list[JobType]:
     """``data.quality``: schema, rows and quality report of a version's tabular files."""
     from zhongtai_data.quality import QUALITY
+    from zhongtai_data.sweep import SWEEP
 
-    return [QUALITY]
+    return [QUALITY, SWEEP]
+
+
+@zhongtai.hookimpl
+def startup(platform: Platform) -> None:
+    """Queue the sweep of expired uploads, unless one is waiting already."""
+    import logging
+
+    from zhongtai_data.sweep import schedule_sweep
+
+    try:
+        schedule_sweep(platform)
+    except Exception:  # the API works without it; the next start tries again
+        logging.getLogger("zhongtai.data").warning("could not queue data.sweep", exc_info=True)
 
 
 @zhongtai.hookimpl
