@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from zhongtai.identity.api.auth import setup_token
-from zhongtai.testing import ZtIdentity, serve_in_thread
+from zhongtai.testing import ZtIdentity, rq_worker_thread, serve_in_thread
 
 PASSWORD = "a long enough password"
 ASSET_BUDGET = 300 * 1024  # bytes of JavaScript and CSS on the first dashboard load
@@ -45,7 +45,8 @@ def watch_csp(page: Any) -> list[str]:
 def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
     app = zt_app_factory()
     platform = app.state["platform"]
-    with serve_in_thread(app) as url:
+    # On the rq queue driver (the PostgreSQL + Redis run) jobs need a worker.
+    with serve_in_thread(app) as url, rq_worker_thread(platform, count=1):
         context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
         page = context.new_page()
         problems = watch_csp(page)
