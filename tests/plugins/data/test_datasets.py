@@ -406,3 +406,27 @@ def test_diff_between_versions(env):
     assert diff["changed"] == [{"path": "edit.txt", "size": [2, 3]}]
     bad = client.get(f"{BASE}/datasets/{dataset['id']}/versions/2/diff?against=9", headers=headers)
     assert bad.status_code == 400 and "against" in bad.text
+
+
+def test_every_string_of_the_data_pages_has_a_chinese_translation():
+    from importlib import resources
+    from pathlib import Path
+
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    root = Path(str(resources.files("zhongtai_data")))
+    found = extract_from_dir(
+        str(root),
+        [("templates/**.html", "jinja2")],
+        {"templates/**.html": {"extensions": "jinja2.ext.i18n"}},
+        keywords={"_": None, "gettext": None},
+    )
+    strings = {message for _f, _l, message, _c, _x in found}
+    with (root / "locale" / "zh" / "LC_MESSAGES" / "data.po").open("rb") as fh:
+        catalog = {m.id: m.string for m in read_po(fh) if m.id}
+    core = Path(str(resources.files("zhongtai.ui"))) / "locale" / "zh" / "LC_MESSAGES"
+    with (core / "zhongtai.po").open("rb") as fh:
+        catalog.update({m.id: m.string for m in read_po(fh) if m.id and m.string})
+    missing = sorted(s for s in strings if not catalog.get(s))
+    assert not missing, missing

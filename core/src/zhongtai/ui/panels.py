@@ -54,14 +54,15 @@ class View:
     def query(self) -> Mapping[str, str]:
         return self.request.query_params
 
-    def url(self, path: str, **query: Any) -> str:
-        """A URL of the UI with the current project kept in the query."""
+    def url(self, target: str, /, **query: Any) -> str:
+        """A URL of the UI with the current project kept in the query (any name may be
+        a query parameter, ``path`` too)."""
         from urllib.parse import urlencode
 
         if self.project is not None:
             query.setdefault("project", self.project.id)
         pairs = {k: v for k, v in query.items() if v not in (None, "")}
-        return path + ("?" + urlencode(pairs) if pairs else "")
+        return target + ("?" + urlencode(pairs) if pairs else "")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

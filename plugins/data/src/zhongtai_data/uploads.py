@@ -58,7 +58,11 @@ class UploadIn(BaseModel):
     version: str = Field(min_length=1, max_length=32, description="The draft's id.")
     path: str = Field(min_length=1, max_length=1024)
     size: int = Field(ge=0, le=5 * 2**40)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The file's SHA-256, checked at completion (without it, only the size).",
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -101,7 +105,7 @@ def upload_dict(platform: Platform, upload: Upload) -> dict[str, Any]:
         "version": upload.version_id,
         "path": upload.path,
         "size": upload.size,
-        "sha256": upload.sha256,
+        "sha256": upload.sha256 or None,
         "part_size": upload.part_size,
         "parts": _parts_of(upload),
         "received": held,
@@ -146,7 +150,7 @@ def create_upload(platform: PlatformDep, access: AccessDep, data: JSONBody[Uploa
             version_id=version.id,
             path=path,
             size=data.size,
-            sha256=data.sha256,
+            sha256=data.sha256 or "",
             part_size=part_size,
             multipart="",
             status="open",
@@ -270,7 +274,7 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
             size += len(chunk)
             digest.update(chunk)
     sha256 = digest.hexdigest()
-    if size != upload.size or sha256 != upload.sha256:
+    if size != upload.size or (upload.sha256 and sha256 != upload.sha256):
         platform.storage.delete(key)
         what = "size" if size != upload.size else "sha256"
         message = (
