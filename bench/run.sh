@@ -18,12 +18,14 @@ if [[ "${QUICK:-}" == 1 ]]; then
     auth_args=(--rounds 1 --duration 3)
     jobs_args=(--quick)
     ui_args=(--jobs 2000 --requests 50)
+    data_args=(--quick)
 else
     startup_args=()
     http_args=()
     auth_args=()
     jobs_args=()
     ui_args=()
+    data_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -40,8 +42,11 @@ echo
 "$PY" bench/jobs.py "${jobs_args[@]}" | tee bench/results/jobs.txt
 echo
 "$PY" bench/ui.py "${ui_args[@]}" | tee bench/results/ui.txt
+echo
+"$PY" bench/data.py "${data_args[@]}" | tee bench/results/data.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
 grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
-    bench/results/auth_overhead.txt bench/results/jobs.txt bench/results/ui.txt
+    bench/results/auth_overhead.txt bench/results/jobs.txt bench/results/ui.txt \
+    bench/results/data.txt

@@ -87,3 +87,44 @@ def test_files_are_stored_once_in_s3_and_downloads_redirect_to_presigned_urls(s3
         fetched = httpx.get(answer.headers["location"])
         assert fetched.status_code == 200 and fetched.content == b"bytes in s3"
         assert "a-copy.txt" in fetched.headers.get("content-disposition", "")
+
+
+def test_a_resumable_upload_sends_its_parts_straight_to_s3(s3_app, monkeypatch):
+    import hashlib
+    import os
+
+    platform = s3_app.state["platform"]
+    with TestClient(s3_app) as client:
+        identity = ZtIdentity(platform)
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        dataset = client.post(
+            f"{BASE}/datasets", json={"project": project.id, "name": "big"}, headers=headers
+        ).json()
+        version = client.post(
+            f"{BASE}/datasets/{dataset['id']}/versions", json={}, headers=headers
+        ).json()
+        part_size = 8 * 1024 * 1024
+        data = os.urandom(part_size + 1000)
+        upload = client.post(
+            f"{BASE}/uploads",
+            json={
+                "dataset": dataset["id"],
+                "version": version["id"],
+                "path": "big.bin",
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
+            headers=headers,
+        ).json()
+        assert upload["parts"] == 2 and len(upload["urls"]) == 2
+        for number, url in enumerate(upload["urls"], start=1):
+            chunk = data[(number - 1) * upload["part_size"] : number * upload["part_size"]]
+            sent = httpx.put(url, content=chunk)  # to S3 itself, not through the platform
+            assert sent.status_code == 200, sent.text
+        status = client.get(f"{BASE}/uploads/{upload['id']}", headers=headers).json()
+        assert status["offset"] == len(data)
+        done = client.post(f"{BASE}/uploads/{upload['id']}/complete", headers=headers)
+        assert done.status_code == 201, done.text
+        assert done.json()["sha256"] == hashlib.sha256(data).hexdigest()
+        assert list(platform.storage.list("data/uploads/")) == []
