@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: The most rows one preview page may hold; bigger requests are cut down to this.
 MAX_PREVIEW_ROWS = 1000
+# Text columns with more distinct values than this share of the rows get no top values.
+_TOP_MAX_DISTINCT_SHARE = 0.1
 
 # DuckDB runs inside the web server process next to other work, so keep it modest.
 _THREADS = 2
@@ -213,11 +215,12 @@ def summarize_file(path: Path, fmt: Format) -> Summary:
 def quality_report(path: Path, fmt: Format, *, top: int = 5) -> dict[str, Any]:
     """Return a JSON-safe quality report for a tabular file.
 
-    Per-column statistics come from DuckDB's SUMMARIZE: ``null_fraction``, ``distinct``
+    Per-column statistics are SUMMARIZE's, computed by DuckDB in one scan with the row
+    count and the duplicate count (:func:`_statistics`): ``null_fraction``, ``distinct``
     (approximate: HyperLogLog, as ``distinct_is_approximate`` says), and ``min``, ``max``,
-    ``mean`` and ``std`` for numeric columns (None otherwise). Text columns also get their
-    ``top`` most frequent values with exact counts. ``duplicate_rows`` counts rows that repeat
-    an earlier row exactly.
+    ``mean`` and ``std`` for numeric columns (None otherwise). Text columns with few enough
+    distinct values also get their ``top`` most frequent values with exact counts (None for
+    near-unique columns). ``duplicate_rows`` counts rows that repeat an earlier row.
 
     Warnings flag columns worth a look: ``all_null``; ``high_null_rate`` (at least half
     null); ``constant`` (one distinct non-null value, i.e. SUMMARIZE's min equals its max);
@@ -231,22 +234,25 @@ def quality_report(path: Path, fmt: Format, *, top: int = 5) -> dict[str, Any]:
     """
 
     def report(con: duckdb.DuckDBPyConnection, source: str, target: str) -> dict[str, Any]:
-        summary = con.execute(f"SUMMARIZE SELECT * FROM {source}", [target]).fetchall()  # noqa: S608
-        if summary:
-            rows = int(summary[0][10])
-        else:
-            count_sql = f"SELECT count(*) FROM {source}"  # noqa: S608
-            rows = int(_one_row(con, count_sql, target)[0])
-        distinct_sql = f"SELECT count(*) FROM (SELECT DISTINCT * FROM {source})"  # noqa: S608
-        duplicate_rows = rows - int(_one_row(con, distinct_sql, target)[0])
+        summary, rows, distinct_rows = _statistics(con, source, target)
+        duplicate_rows = rows - distinct_rows
 
         columns = [_column_report(entry, rows) for entry in summary]
         constant = {entry[0] for entry in summary if entry[2] is not None and entry[2] == entry[3]}
-        text_columns = [c["name"] for c in columns if c["type"] == "VARCHAR"]
+        # Top values say something about categories, not about identifiers: a column
+        # whose values are nearly all different gets none (and costs no GROUP BY).
+        text_columns = [
+            c["name"]
+            for c in columns
+            if c["type"] == "VARCHAR"
+            and (c["distinct"] or 0) <= max(_TOP_MAX_DISTINCT_SHARE * rows, 1000)
+        ]
         top_values = _top_values(con, source, target, text_columns, top)
         for column in columns:
             if column["type"] == "VARCHAR":
-                column["top_values"] = top_values.get(column["name"], [])
+                column["top_values"] = (
+                    top_values.get(column["name"], []) if column["name"] in text_columns else None
+                )
 
         warnings: list[dict[str, str]] = []
         for column in columns:
@@ -537,6 +543,60 @@ def _summarize_parquet(path: Path) -> Summary:
 # -- quality report pieces -----------------------------------------------------------------
 
 
+_ORDERED_TYPES = frozenset({"VARCHAR", "BOOLEAN", "DATE", "TIME", "UUID"})
+
+
+def _statistics(
+    con: duckdb.DuckDBPyConnection, source: str, target: str
+) -> tuple[list[tuple[Any, ...]], int, int]:
+    """Per-column statistics, the row count and the number of distinct rows, in ONE scan.
+
+    The statistics are SUMMARIZE's, less its quantiles (which the report does not use
+    and which cost most of SUMMARIZE's time): min, max, mean, standard deviation for
+    numbers, min and max for other ordered types, approximate distinct counts
+    (HyperLogLog, as SUMMARIZE's) and null percentages, shaped like SUMMARIZE's rows.
+    Distinct rows are counted exactly by a 64-bit hash of each row, in the same scan.
+    """
+    described = con.execute(f"DESCRIBE SELECT * FROM {source}", [target]).fetchall()  # noqa: S608
+    columns = [(str(row[0]), str(row[1])) for row in described]
+    selects = ["count(*)"]
+    if columns:
+        selects.append(f"count(DISTINCT hash({', '.join(_quote(n) for n, _t in columns)}))")
+    for name, type_name in columns:
+        quoted = _quote(name)
+        ordered = type_name in _ORDERED_TYPES or type_name.startswith("TIMESTAMP")
+        if _is_numeric(type_name):
+            stats = [
+                f"min({quoted})::VARCHAR",
+                f"max({quoted})::VARCHAR",
+                f"avg({quoted})::VARCHAR",
+                f"stddev_samp({quoted})::VARCHAR",
+            ]
+        elif ordered:
+            stats = [f"min({quoted})::VARCHAR", f"max({quoted})::VARCHAR", "NULL", "NULL"]
+        else:
+            stats = ["NULL", "NULL", "NULL", "NULL"]
+        distinct = (
+            f"approx_count_distinct({quoted})"
+            if ordered or _is_numeric(type_name)
+            else f"approx_count_distinct(hash({quoted}))"
+        )
+        selects += [*stats, distinct, f"count({quoted})"]
+    values = _one_row(con, f"SELECT {', '.join(selects)} FROM {source}", target)  # noqa: S608
+    rows = int(values[0] or 0)
+    distinct_rows = int(values[1] or 0) if columns else rows
+    summary: list[tuple[Any, ...]] = []
+    for i, (name, type_name) in enumerate(columns):
+        low, high, avg, std, approx, non_null = values[2 + 6 * i : 8 + 6 * i]
+        nulls = 100.0 * (rows - int(non_null or 0)) / rows if rows else None
+        # SUMMARIZE's layout: name, type, min, max, approx_unique, avg, std, q25, q50,
+        # q75, count, null_percentage.
+        summary.append(
+            (name, type_name, low, high, approx, avg, std, None, None, None, rows, nulls)
+        )
+    return summary, rows, distinct_rows
+
+
 def _column_report(entry: Sequence[Any], rows: int) -> dict[str, Any]:
     """Turn one SUMMARIZE row into the report's column entry.
 
@@ -611,30 +671,20 @@ def _quote(name: str) -> str:
 def _top_values(
     con: duckdb.DuckDBPyConnection, source: str, target: str, names: list[str], top: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Exact most frequent values of every text column, in one scan of the file.
-
-    UNPIVOT turns the text columns into (column, value) pairs (dropping nulls) so a single
-    GROUP BY counts all of them; ties are broken by value so reports are reproducible.
-    """
+    """Exact most frequent values of the given text columns (ties broken by value, so
+    reports are reproducible): one GROUP BY per column, which reads only that column of
+    a Parquet file and is faster than one UNPIVOT of them all."""
     if not names or top <= 0:
         return {}
-    selected = ", ".join(_quote(name) for name in names)
-    found = con.execute(
-        f"""
-        SELECT col, val, n FROM (
-            SELECT col, val, count(*) AS n
-            FROM (UNPIVOT (SELECT {selected} FROM {source})
-                  ON COLUMNS(*) INTO NAME col VALUE val)
-            GROUP BY col, val
-        )
-        QUALIFY row_number() OVER (PARTITION BY col ORDER BY n DESC, val) <= ?
-        ORDER BY col, n DESC, val
-        """,  # noqa: S608
-        [target, top],
-    ).fetchall()
     result: dict[str, list[dict[str, Any]]] = {}
-    for name, value, count in found:
-        result.setdefault(name, []).append({"value": value, "count": int(count)})
+    for name in names:
+        quoted = _quote(name)
+        found = con.execute(
+            f"SELECT {quoted} AS val, count(*) AS n FROM {source} "  # noqa: S608
+            f"WHERE {quoted} IS NOT NULL GROUP BY 1 ORDER BY n DESC, val LIMIT ?",
+            [target, top],
+        ).fetchall()
+        result[name] = [{"value": value, "count": int(count)} for value, count in found]
     return result
 
 
@@ -648,7 +698,7 @@ def _mixed_type_warnings(
     column, the non-null values and those matching ``_NUMBER_PATTERN`` (for JSON, the scalar
     value's text, so both 3 and "3" count).
     """
-    candidates = [c for c in columns if c["type"] in ("VARCHAR", "JSON") and c["distinct"] != 0]
+    candidates = [c for c in columns if c["type"] in ("VARCHAR", "JSON") and c["distinct"]]
     if not candidates:
         return []
     pattern = "'" + _NUMBER_PATTERN + "'"
@@ -661,7 +711,7 @@ def _mixed_type_warnings(
     counts = _one_row(con, f"SELECT {', '.join(selects)} FROM {source}", target)  # noqa: S608
     warnings = []
     for i, column in enumerate(candidates):
-        non_null, numeric = int(counts[2 * i]), int(counts[2 * i + 1])
+        non_null, numeric = int(counts[2 * i] or 0), int(counts[2 * i + 1] or 0)
         if non_null and _MIXED_MIN_SHARE <= numeric / non_null < 1:
             warnings.append(
                 _warning(
