@@ -460,3 +460,14 @@ def test_local_path_is_a_readable_file_or_none(store: ObjectStore) -> None:
         assert path is None
     with pytest.raises(ObjectNotFound):
         store.local_path("tables/missing.csv")
+
+
+def test_move_renames_an_object(store: ObjectStore) -> None:
+    store.put("from/a.bin", b"payload", content_type="text/plain")
+    info = store.move("from/a.bin", "to/b.bin")
+    assert info.key == "to/b.bin" and info.size == 7
+    assert store.read_bytes("to/b.bin") == b"payload"
+    assert store.stat("to/b.bin").content_type == "text/plain"
+    assert not store.exists("from/a.bin")
+    with pytest.raises(ObjectNotFound):
+        store.move("from/a.bin", "to/c.bin")

@@ -586,6 +586,18 @@ class ObjectStore(abc.ABC):
             ObjectNotFound: ``src`` does not exist.
         """
 
+    def move(self, src: str, dst: str) -> ObjectInfo:
+        """Move an object to another key, replacing it; ``src`` is gone afterwards.
+        Drivers that can rename (the local one) do so without copying the bytes.
+
+        Raises:
+            ObjectNotFound: ``src`` does not exist.
+        """
+        info = self.copy(src, dst)
+        if src != dst:
+            self.delete(src)
+        return info
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Check that the store can be reached and used (for ``/readyz``).

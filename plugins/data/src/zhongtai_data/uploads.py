@@ -24,9 +24,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import anyio.from_thread
 import anyio.to_thread
 from litestar import Request, delete, get, post, put
 from litestar.exceptions import ClientException
@@ -63,6 +66,55 @@ class UploadIn(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="The file's SHA-256, checked at completion (without it, only the size).",
     )
+
+
+class _Hashes:
+    """SHA-256 of the uploads whose parts this process received in order, so that
+    completing them need not read the file again (the usual case: one client sending
+    parts 1, 2, 3…). A part out of order, or sent twice, drops the upload from here;
+    its completion then reads the assembled file to hash it."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.states: dict[str, tuple[int, Any]] = {}  # upload id -> (next part, hasher)
+
+    def start(self, upload_id: str, number: int) -> Any | None:
+        """A copy of the hasher to extend with part ``number``, or None."""
+        with self.lock:
+            state = self.states.get(upload_id)
+            if state is None and number == 1:
+                return hashlib.sha256()
+            if state is not None and state[0] == number:
+                return state[1].copy()
+            if state is not None and number < state[0]:
+                del self.states[upload_id]  # sent again: it may differ
+            return None
+
+    def done(self, upload_id: str, number: int, hasher: Any) -> None:
+        with self.lock:
+            state = self.states.get(upload_id)
+            if (state is None and number == 1) or (state is not None and state[0] == number):
+                if len(self.states) >= self.LIMIT:
+                    self.states.pop(next(iter(self.states)))
+                self.states[upload_id] = (number + 1, hasher)
+
+    def digest(self, upload_id: str, parts: int) -> str | None:
+        with self.lock:
+            state = self.states.pop(upload_id, None)
+        return state[1].hexdigest() if state is not None and state[0] == parts + 1 else None
+
+    def forget(self, upload_id: str) -> None:
+        with self.lock:
+            self.states.pop(upload_id, None)
+
+
+HASHES = _Hashes()
+
+
+class _PartRejected(Exception):
+    """The part's body is not the length it must be (nothing is stored)."""
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -210,27 +262,39 @@ async def put_part(
             status_code=409,
             detail=f"part {number} is {expected} bytes, not {declared}; nothing was stored",
         )
-    # Spool the part to disk (bounded memory), then hand it to the store.
-    import tempfile
+    # The body streams straight into the store's part (which the store writes to a
+    # temporary file and installs only when complete): a body of the wrong length
+    # raises before the end, so nothing is stored.
+    body = request.stream()
+    hasher = HASHES.start(upload.id, number)
+    counted = [0]
 
-    with tempfile.TemporaryFile() as spool:
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > expected:
-                raise ClientException(
-                    status_code=409, detail=f"part {number} is longer than {expected} bytes"
-                )
-            spool.write(chunk)
-        if received != expected:
-            raise ClientException(
-                status_code=409,
-                detail=f"part {number} is {expected} bytes, not {received}; nothing was stored",
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(body.__anext__)
+            except StopAsyncIteration:
+                break
+            counted[0] += len(chunk)
+            if counted[0] > expected:
+                raise _PartRejected(f"part {number} is longer than {expected} bytes")
+            if hasher is not None:
+                hasher.update(chunk)
+            yield chunk
+        if counted[0] != expected:
+            raise _PartRejected(
+                f"part {number} is {expected} bytes, not {counted[0]}; nothing was stored"
             )
-        spool.seek(0)
+
+    try:
         etag = await anyio.to_thread.run_sync(
-            platform.storage.upload_part, _key(upload.id), upload.multipart, number, spool
+            platform.storage.upload_part, _key(upload.id), upload.multipart, number, chunks()
         )
+    except _PartRejected as exc:
+        raise ClientException(status_code=409, detail=str(exc)) from None
+    if hasher is not None:
+        HASHES.done(upload.id, number, hasher)
+    received = counted[0]
     return {"number": number, "size": received, "etag": etag}
 
 
@@ -267,13 +331,17 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
         )
     except InvalidUpload as exc:
         raise ClientException(status_code=409, detail=str(exc)) from None
-    digest = hashlib.sha256()
-    size = 0
-    with platform.storage.open(key) as chunks:
-        for chunk in chunks:
-            size += len(chunk)
-            digest.update(chunk)
-    sha256 = digest.hexdigest()
+    known = HASHES.digest(upload.id, _parts_of(upload))
+    if known is not None:  # hashed while the parts came in, in order
+        sha256, size = known, platform.storage.stat(key).size
+    else:
+        digest = hashlib.sha256()
+        size = 0
+        with platform.storage.open(key) as chunks:
+            for chunk in chunks:
+                size += len(chunk)
+                digest.update(chunk)
+        sha256 = digest.hexdigest()
     if size != upload.size or (upload.sha256 and sha256 != upload.sha256):
         platform.storage.delete(key)
         what = "size" if size != upload.size else "sha256"
@@ -290,9 +358,10 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
             status_code=422, detail=f"{what}: {message}", extra=[{"key": what, "message": message}]
         )
     target = blob_key(sha256)
-    if not platform.storage.exists(target):
-        platform.storage.copy(key, target)
-    platform.storage.delete(key)
+    if platform.storage.exists(target):
+        platform.storage.delete(key)  # the same bytes are stored already
+    else:
+        platform.storage.move(key, target)  # a rename on the local driver
     import mimetypes
 
     media_type = mimetypes.guess_type(upload.path)[0] or "application/octet-stream"
@@ -339,6 +408,7 @@ def abort_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) -> No
         if upload.status == "open":
             platform.storage.abort_multipart(_key(upload.id), upload.multipart)
         upload.status = "aborted"
+    HASHES.forget(upload_id)
 
 
 def sweep(platform: Platform) -> int:
