@@ -1129,10 +1129,12 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+from zhongtai_data.sources import ROUTES as SOURCE_ROUTES  # noqa: E402 - uses this module
 from zhongtai_data.uploads import ROUTES as UPLOAD_ROUTES  # noqa: E402 - uses this module
 
 ROUTES = [
     *UPLOAD_ROUTES,
+    *SOURCE_ROUTES,
     create_dataset,
     list_datasets,
     get_dataset,

@@ -9,6 +9,8 @@
 - ``data_uploads``: resumable uploads in progress (their parts are in the object
   store's multipart uploads).
 - ``data_reports``: the quality report of each tabular file of a committed version.
+- ``data_sources``: registered places to import from (a SQL database, an S3 prefix);
+  their credentials are encrypted at rest (see :mod:`zhongtai_data.sources`).
 - ``data_blobs``: the content-addressed bytes (object store key
   ``data/blobs/<sha256[:2]>/<sha256>``): identical files are stored once, whatever
   the dataset or project. A blob no file refers to any more is deleted with the last
@@ -20,7 +22,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from zhongtai.hooks.events import utcnow
@@ -139,3 +150,30 @@ class Upload(Base):
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class Source(Base):
+    """A place a project imports data from: a SQL database or an S3 bucket and prefix.
+
+    ``config`` holds what may be shown (the SQL URL without its password; the bucket,
+    prefix, endpoint and region); ``secret`` holds the credentials (the full SQL URL;
+    the S3 access key pair) as a Fernet token, never returned by the API.
+    """
+
+    __tablename__ = "data_sources"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_data_sources_project_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(NAME_MAX))
+    kind: Mapped[str] = mapped_column(String(16))  # sql | s3
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secret: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token
+    has_credentials: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -48,11 +48,13 @@ def register_routes() -> list[Any]:
 
 @zhongtai.hookimpl
 def register_job_types() -> list[JobType]:
-    """``data.quality``: schema, rows and quality report of a version's tabular files."""
+    """``data.quality``: schema, rows and quality report of a version's tabular files;
+    ``data.sweep``: expired uploads; ``data.import``: a source into a new version."""
     from zhongtai_data.quality import QUALITY
+    from zhongtai_data.sources import IMPORT
     from zhongtai_data.sweep import SWEEP
 
-    return [QUALITY, SWEEP]
+    return [QUALITY, SWEEP, IMPORT]
 
 
 @zhongtai.hookimpl
