@@ -98,3 +98,46 @@ def test_another_projects_dataset_page_is_not_found(signed_in):
     missing = client.get("/ui/data/datasets/" + "x" * 26)
     assert page.status_code == missing.status_code == 404
     assert "secret" not in page.text
+
+
+def test_sources_page_registers_without_showing_secrets(signed_in, zt_platform):
+    from zhongtai.testing import database_server_for_tests
+
+    client, csrf, project, identity = signed_in
+    from zhongtai.identity.models import ProjectMember, User
+
+    with zt_platform.db.transaction() as session:  # maintainers manage sources
+        from sqlalchemy import select
+
+        member = session.scalar(select(ProjectMember).where(ProjectMember.project_id == project.id))
+        member.role = 30
+        assert session.get(User, member.user_id) is not None
+    page = client.get(f"/ui/data/sources?project={project.id}")
+    assert page.status_code == 200 and "Register a source" in page.text
+    bad = client.post(
+        "/ui/data/sources",
+        data={
+            "csrf_token": csrf,
+            "action": "create",
+            "name": "db",
+            "kind": "sql",
+            "url": "sqlite:////etc/passwd",
+        },
+    )
+    assert bad.status_code == 422 and 'id="url-error"' in bad.text
+    server = database_server_for_tests() or "postgresql://postgres@127.0.0.1:5432/postgres"
+    secret_url = server.replace("postgres@", "postgres:hunter2secret@", 1)
+    made = client.post(
+        "/ui/data/sources",
+        data={
+            "csrf_token": csrf,
+            "action": "create",
+            "name": "warehouse",
+            "kind": "sql",
+            "url": secret_url,
+        },
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text
+    listing = client.get("/ui/data/sources").text
+    assert 'data-source="warehouse"' in listing and "hunter2secret" not in listing

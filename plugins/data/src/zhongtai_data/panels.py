@@ -194,6 +194,52 @@ def _file(view: View) -> Mapping[str, Any]:
     }
 
 
+def _sources(view: View) -> Mapping[str, Any]:
+    from zhongtai_data import sources
+
+    page, errors = call_api(
+        sources.list_sources,
+        view,
+        project=view.project.id if view.project is not None else None,
+        limit=None,
+        cursor=view.query.get("cursor") or None,
+    )
+    datasets = _datasets(view)["page"]["items"]
+    return {
+        "page": page or {"items": [], "next_cursor": None},
+        "datasets": datasets,
+        "errors": errors,
+    }
+
+
+def _sources_post(view: View) -> Redirect | Mapping[str, Any]:
+    """Register a source, test one, or queue an import from one."""
+    from zhongtai_data import sources
+
+    action = view.form.get("action")
+    form = {k: v for k, v in view.form.items() if v not in ("", None) and k != "action"}
+    if action == "create":
+        data = {"project": view.project.id if view.project is not None else "", **form}
+        _, errors = call_api(sources.create_source, view, sources.SourceIn, data=data)
+        if errors:
+            values = {k: v for k, v in form.items() if "secret" not in k and k != "url"}
+            return {**_sources(view), "create_errors": errors, "values": values}
+        return Redirect(view.url("/ui/data/sources"), flash="source registered")
+    source_id = str(form.pop("source", ""))
+    if action == "test":
+        result, errors = call_api(sources.test_source, view, source_id=source_id)
+        outcome = errors or {}
+        return {**_sources(view), "tested": {"id": source_id, **(result or {})}, "errors": outcome}
+    if action == "import":
+        job, errors = call_api(
+            sources.import_source, view, sources.ImportIn, data=form, source_id=source_id
+        )
+        if errors:
+            return {**_sources(view), "import_errors": errors, "import_source": source_id}
+        return Redirect(view.url(f"/ui/jobs/{job['job']}"))
+    return {**_sources(view), "errors": {"action": "unknown action"}}
+
+
 PANELS = [
     Panel(
         name="datasets",
@@ -215,6 +261,17 @@ PANELS = [
         permission="data.dataset.read",
         context=_dataset,
         on_post=_dataset_post,
+    ),
+    Panel(
+        name="sources",
+        title={"en": "Data sources", "zh": "数据源"},
+        path="/sources",
+        template="sources.html",
+        icon="list",
+        order=16,
+        permission="data.dataset.read",
+        context=_sources,
+        on_post=_sources_post,
     ),
     Panel(
         name="file",
