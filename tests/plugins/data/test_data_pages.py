@@ -103,7 +103,7 @@ def test_another_projects_dataset_page_is_not_found(signed_in):
 def test_sources_page_registers_without_showing_secrets(signed_in, zt_platform):
     from zhongtai.testing import database_server_for_tests
 
-    client, csrf, project, identity = signed_in
+    client, csrf, project, _identity = signed_in
     from zhongtai.identity.models import ProjectMember, User
 
     with zt_platform.db.transaction() as session:  # maintainers manage sources
