@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mimetypes
 import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from zhongtai.hooks.events import Event, emit, utcnow
+from zhongtai.hooks.events import Event, emit
 from zhongtai.identity.guard import Access, AccessDep, requires
 from zhongtai.jobs.engine import JobRefused, jobs_engine
 from zhongtai.jobs.models import Job
@@ -40,7 +39,7 @@ from zhongtai_data.local import local_copy
 from zhongtai_data.models import NAME_MAX, Dataset, File, Version
 from zhongtai_data.permissions import DATASET_DELETE, DATASET_READ, DATASET_WRITE
 from zhongtai_data.settings import DataSettings
-from zhongtai_data.tabular import tabular_format
+from zhongtai_data.versions import assign_number, put_file
 
 __all__ = ["ROUTES", "VersionCreated"]
 
@@ -498,12 +497,7 @@ def commit_version(
         version = _draft(session, dataset, ref)
         if version.file_count == 0:
             raise _field_error("files", "the version has no file; add one first")
-        latest = session.scalar(
-            select(func.max(Version.number)).where(Version.dataset_id == dataset.id)
-        )
-        version.number = (latest or 0) + 1
-        version.status = "committed"
-        version.committed_at = utcnow()
+        number = assign_number(session, version)
         if data is not None and data.message is not None:
             version.message = data.message
         parent = version.source.get("version") if version.source else None
@@ -523,10 +517,10 @@ def commit_version(
                 project=dataset.project_id,
                 dataset_id=dataset.id,
                 version_id=version.id,
-                number=version.number,
+                number=number,
             ),
         )
-        access.audit(project_id=dataset.project_id, detail={"number": version.number})
+        access.audit(project_id=dataset.project_id, detail={"number": number})
         body = {**version_dict(version), "quality_job": job.id if job is not None else None}
     if job is not None:
         jobs_engine(platform).dispatch([job])
@@ -689,28 +683,11 @@ def _add_file(
         sha256, size = store_blob(platform, upload.file, limit=limit)  # type: ignore[arg-type]
     except TooLarge as exc:
         raise ClientException(status_code=413, detail=f"file: {exc}") from None
-    media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
     access.audit(action="data.file.add", target_kind="version", target_id=ref)
     with platform.db.transaction() as session:
         dataset = _dataset(session, access, dataset_id, DATASET_WRITE)
         version = _draft(session, dataset, ref)
-        old = session.scalar(select(File).where(File.version_id == version.id, File.path == path))
-        if old is not None:
-            version.file_count -= 1
-            version.total_size -= old.size
-            session.delete(old)
-            session.flush()
-        row = File(
-            version_id=version.id,
-            path=path,
-            sha256=sha256,
-            size=size,
-            media_type=media_type,
-            tabular=tabular_format(path, media_type),
-        )
-        session.add(row)
-        version.file_count += 1
-        version.total_size += size
+        row = put_file(session, version, path, sha256, size)
         session.flush()
         access.audit(project_id=dataset.project_id, detail={"path": path, "size": size})
         return file_dict(row)
@@ -893,28 +870,8 @@ def _expand(
     with platform.db.transaction() as session:
         dataset = _dataset(session, access, dataset_id, DATASET_WRITE)
         version = _draft(session, dataset, ref)
-        paths = [path for path, _sha, _size in stored]
-        for old in session.scalars(
-            select(File).where(File.version_id == version.id, File.path.in_(paths))
-        ):
-            version.file_count -= 1
-            version.total_size -= old.size
-            session.delete(old)
-        session.flush()
         for path, sha256, size in stored:
-            media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            session.add(
-                File(
-                    version_id=version.id,
-                    path=path,
-                    sha256=sha256,
-                    size=size,
-                    media_type=media_type,
-                    tabular=tabular_format(path, media_type),
-                )
-            )
-            version.file_count += 1
-            version.total_size += size
+            put_file(session, version, path, sha256, size)
         session.flush()
         access.audit(project_id=dataset.project_id, detail={"files": len(stored), "kind": kind})
         return {"files": len(stored), "version": version_dict(version)}

@@ -45,7 +45,6 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import mimetypes
 import re
 import socket
 import tempfile
@@ -60,7 +59,7 @@ from litestar import delete, get, patch, post
 from litestar.exceptions import ClientException
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import Session
@@ -77,6 +76,7 @@ from zhongtai_data.archives import safe_path
 from zhongtai_data.blobs import TooLarge, forget_unused, store_blob
 from zhongtai_data.models import NAME_MAX, PATH_MAX, Dataset, File, Source, Version
 from zhongtai_data.permissions import DATASET_READ, DATASET_WRITE, SOURCE_MANAGE
+from zhongtai_data.versions import assign_number, put_file
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -1155,7 +1155,6 @@ def _commit(
     """Add the files to the draft and commit it as the next version, like
     ``POST …/commit`` does; return (number, the quality job if one was queued)."""
     from zhongtai_data.api import VersionCreated
-    from zhongtai_data.tabular import tabular_format
 
     platform = ctx.platform
     with platform.db.transaction() as session:
@@ -1168,26 +1167,9 @@ def _commit(
         if version is None or version.status != "draft":
             raise ImportFailed("the import's draft was deleted or committed meanwhile")
         for path, sha256, size in files:
-            media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            session.add(
-                File(
-                    version_id=version.id,
-                    path=path,
-                    sha256=sha256,
-                    size=size,
-                    media_type=media_type,
-                    tabular=tabular_format(path, media_type),
-                )
-            )
-            version.file_count += 1
-            version.total_size += size
+            put_file(session, version, path, sha256, size)
         session.flush()
-        latest = session.scalar(
-            select(func.max(Version.number)).where(Version.dataset_id == dataset.id)
-        )
-        version.number = (latest or 0) + 1
-        version.status = "committed"
-        version.committed_at = utcnow()
+        number = assign_number(session, version)
         record_edge(
             session,
             EntityRef(SOURCE_KIND, params.source_id),
@@ -1203,10 +1185,9 @@ def _commit(
                 project=dataset.project_id,
                 dataset_id=dataset.id,
                 version_id=version.id,
-                number=version.number,
+                number=number,
             ),
         )
-        number = version.number
     if job is not None:
         ctx.engine.dispatch([job])
     return number, job

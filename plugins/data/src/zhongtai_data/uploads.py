@@ -43,7 +43,7 @@ from zhongtai.platform import Platform
 from zhongtai.storage import MIN_PART_SIZE, InvalidUpload, ObjectNotFound
 from zhongtai.web.params import PlatformDep
 from zhongtai_data.blobs import blob_key
-from zhongtai_data.models import Blob, Dataset, File, Upload
+from zhongtai_data.models import Blob, Dataset, Upload
 from zhongtai_data.permissions import DATASET_WRITE
 
 __all__ = ["ROUTES", "sweep"]
@@ -309,7 +309,7 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
     """Assemble, verify (size and SHA-256: 422 and nothing added when they differ),
     store once, and add the file to the draft."""
     from zhongtai_data.api import _draft, file_dict
-    from zhongtai_data.tabular import tabular_format
+    from zhongtai_data.versions import put_file
 
     access.audit(action="data.upload.complete", target_kind="upload", target_id=upload_id)
     with platform.db.transaction() as session:
@@ -362,9 +362,6 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
         platform.storage.delete(key)  # the same bytes are stored already
     else:
         platform.storage.move(key, target)  # a rename on the local driver
-    import mimetypes
-
-    media_type = mimetypes.guess_type(upload.path)[0] or "application/octet-stream"
     with platform.db.transaction() as session:
         if session.get(Blob, sha256) is None:
             session.add(Blob(sha256=sha256, size=size))
@@ -372,25 +369,7 @@ def complete_upload(platform: PlatformDep, access: AccessDep, upload_id: Ref) ->
         dataset = session.get(Dataset, upload.dataset_id)
         assert dataset is not None
         version = _draft(session, dataset, upload.version_id)
-        old = session.scalar(
-            select(File).where(File.version_id == version.id, File.path == upload.path)
-        )
-        if old is not None:
-            version.file_count -= 1
-            version.total_size -= old.size
-            session.delete(old)
-            session.flush()
-        added = File(
-            version_id=version.id,
-            path=upload.path,
-            sha256=sha256,
-            size=size,
-            media_type=media_type,
-            tabular=tabular_format(upload.path, media_type),
-        )
-        session.add(added)
-        version.file_count += 1
-        version.total_size += size
+        added = put_file(session, version, upload.path, sha256, size)
         stored = session.get(Upload, upload.id)
         if stored is not None:
             stored.status = "completed"
