@@ -57,24 +57,6 @@ async def flood(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict
     return {"answers": answers, "health": health, "seconds": seconds}
 
 
-def run_in_own_loop(coroutine: Any) -> Any:
-    """``asyncio.run`` in a thread of its own: the test's thread may have a loop already."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(300)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 @pytest.mark.zt_plugins("hello")
 def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
     zt_app_factory: Callable[..., Any], zt_settings: Any
@@ -92,7 +74,7 @@ def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
         # Scheduled an hour ahead: every accepted job stays pending, on both drivers.
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         body = {"type": "hello.noop", "project": project.id, "run_at": later}
-        result = run_in_own_loop(flood(url, headers, body))
+        result = asyncio.run(flood(url, headers, body))
 
     answers: list[httpx.Response] = result["answers"]
     statuses = [a.status_code for a in answers]

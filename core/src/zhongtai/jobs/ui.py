@@ -76,9 +76,7 @@ def _submit(view: View) -> Redirect | Mapping[str, Any]:
     )
     if errors:
         return {**_jobs(view), "errors": errors, "values": dict(view.form)}
-    job = json.loads(response.content) if isinstance(response.content, (str, bytes)) else {}
-    job = response.content if isinstance(response.content, dict) else job
-    return Redirect(view.url(f"/ui/jobs/{job['id']}"))
+    return Redirect(view.url(f"/ui/jobs/{response.content['id']}"))
 
 
 def _job(view: View) -> Mapping[str, Any]:

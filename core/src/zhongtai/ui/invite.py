@@ -25,7 +25,14 @@ from zhongtai.identity.browser import SESSION_COOKIE, csrf_ok, csrf_token, sessi
 from zhongtai.identity.guard import PRINCIPAL_SCOPE_KEY, Access, public
 from zhongtai.identity.models import Organization, User
 from zhongtai.platform import Platform
-from zhongtai.ui.web import LOGIN_CSRF_COOKIE, choose_language, html_response, secure, ui_of
+from zhongtai.ui.web import (
+    LOGIN_CSRF_COOKIE,
+    choose_language,
+    html_response,
+    secure,
+    session_cookie,
+    ui_of,
+)
 from zhongtai.web.params import PlatformDep
 
 __all__ = ["ROUTES"]
@@ -188,17 +195,7 @@ def _register(
     return Redirect(
         "/ui/projects?flash=invitation+accepted",
         status_code=303,
-        cookies=[
-            Cookie(
-                key=SESSION_COOKIE,
-                value=cookie,
-                path="/",
-                httponly=True,
-                samesite="lax",
-                secure=secure(request),
-                max_age=platform.settings.identity.session_ttl,
-            )
-        ],
+        cookies=[session_cookie(platform, request, cookie)],
     )
 
 

@@ -249,6 +249,19 @@ def secure(request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https"
 
 
+def session_cookie(platform: Platform, request: Request[Any, Any, Any], token: str) -> Cookie:
+    """The signed-in browser's cookie (see :mod:`zhongtai.identity.browser`)."""
+    return Cookie(
+        key=SESSION_COOKIE,
+        value=token,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure(request),
+        max_age=platform.settings.identity.session_ttl,
+    )
+
+
 def html_response(
     body: str, status: int = 200, cookies: list[Cookie] | None = None
 ) -> Response[str]:
@@ -550,15 +563,7 @@ async def login_submit(
 
     token = await anyio.to_thread.run_sync(start)
     cookies = [
-        Cookie(
-            key=SESSION_COOKIE,
-            value=token,
-            path="/",
-            httponly=True,
-            samesite="lax",
-            secure=secure(request),
-            max_age=platform.settings.identity.session_ttl,
-        ),
+        session_cookie(platform, request, token),
         Cookie(key=LOGIN_CSRF_COOKIE, value="", path="/", max_age=0),
     ]
     return LitestarRedirect(

@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 
 from zhongtai.identity.access import Forbidden, NotFound
 from zhongtai.logs import request_id_var
@@ -48,6 +48,16 @@ def problem(
         body["request_id"] = rid
     body.update(extra)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_error(field: str, message: str, status: int = 400) -> ClientException:
+    """A 4xx whose problem-details body names ``field`` (in ``errors``), for a value a
+    route's own checks refuse after its body model accepted it."""
+    return ClientException(
+        status_code=status,
+        detail=f"{field}: {message}",
+        extra=[{"key": field, "message": message}],
+    )
 
 
 def _field_errors(extra: Any) -> list[dict[str, Any]]:
@@ -162,4 +172,4 @@ def _handlers() -> dict[Any, Any]:
 
 EXCEPTION_HANDLERS: dict[Any, Any] = _handlers()
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "field_error", "problem"]

@@ -31,6 +31,7 @@ from zhongtai.jobs.models import Job
 from zhongtai.metadata.lineage import EntityRef, LineageEdge, record_edge
 from zhongtai.platform import Platform
 from zhongtai.storage import ObjectNotFound
+from zhongtai.web.errors import field_error
 from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 from zhongtai_data.archives import safe_path
@@ -115,14 +116,6 @@ class CommitIn(BaseModel):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _field_error(field: str, message: str, status: int = 400) -> ClientException:
-    return ClientException(
-        status_code=status,
-        detail=f"{field}: {message}",
-        extra=[{"key": field, "message": message}],
-    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -215,11 +208,11 @@ def _settings(platform: Platform) -> DataSettings:
 
 def _checked_path(value: Any, field: str = "path") -> str:
     if not isinstance(value, str):
-        raise _field_error(field, "give the file's path in the version")
+        raise field_error(field, "give the file's path in the version")
     try:
         return safe_path(value)
     except ValueError as exc:
-        raise _field_error(field, str(exc)) from None
+        raise field_error(field, str(exc)) from None
 
 
 def _downstream(session: Session, version_ids: list[str]) -> int:
@@ -251,7 +244,7 @@ def create_dataset(
             select(Dataset.id).where(Dataset.project_id == data.project, Dataset.name == data.name)
         )
         if taken:
-            raise _field_error("name", f"{data.name!r} is already a dataset here", 409)
+            raise field_error("name", f"{data.name!r} is already a dataset here", 409)
         dataset = Dataset(
             project_id=data.project,
             name=data.name,
@@ -330,7 +323,7 @@ def update_dataset(
                 )
             )
             if taken:
-                raise _field_error("name", f"{data.name!r} is already a dataset here", 409)
+                raise field_error("name", f"{data.name!r} is already a dataset here", 409)
             dataset.name = data.name
         if data.description is not None:
             dataset.description = data.description
@@ -405,7 +398,7 @@ def create_version(
                 )
             )
             if parent is None:
-                raise _field_error("parent", f"no committed version {data.parent}")
+                raise field_error("parent", f"no committed version {data.parent}")
             source = {"kind": "derived", "version": parent.id, "number": parent.number}
         version = Version(
             dataset_id=dataset.id,
@@ -496,7 +489,7 @@ def commit_version(
         session.refresh(dataset, with_for_update=not platform.db.is_embedded)
         version = _draft(session, dataset, ref)
         if version.file_count == 0:
-            raise _field_error("files", "the version has no file; add one first")
+            raise field_error("files", "the version has no file; add one first")
         number = assign_number(session, version)
         if data is not None and data.message is not None:
             version.message = data.message
@@ -660,7 +653,7 @@ async def upload_file(
         path = _checked_path(form.get("path"))
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise _field_error("file", "send the file as a multipart part named 'file'")
+            raise field_error("file", "send the file as a multipart part named 'file'")
         return await anyio.to_thread.run_sync(
             _add_file, platform, access, dataset_id, ref, path, upload, settings.max_file_size
         )
@@ -815,7 +808,7 @@ async def upload_archive(
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise _field_error("file", "send the archive as a multipart part named 'file'")
+            raise field_error("file", "send the archive as a multipart part named 'file'")
         prefix_value = form.get("prefix") or ""
         prefix = _checked_path(prefix_value, "prefix") + "/" if prefix_value else ""
         return await anyio.to_thread.run_sync(
@@ -859,13 +852,13 @@ def _expand(
             head = fh.read(4096)
         kind = detect(upload.filename or "", head)
         if kind is None:
-            raise _field_error("file", "not a zip, tar or tar.gz archive")
+            raise field_error("file", "not a zip, tar or tar.gz archive")
         limits = Limits(max_entry_size=settings.max_file_size)
         try:
             extract(source, kind, write, limits)
         except (ArchiveRejected, TooLarge) as exc:
             _discard(platform, {sha for _p, sha, _s in stored})
-            raise _field_error("file", str(exc)) from None
+            raise field_error("file", str(exc)) from None
     access.audit(action="data.archive.expand", target_kind="version", target_id=ref)
     with platform.db.transaction() as session:
         dataset = _dataset(session, access, dataset_id, DATASET_WRITE)
@@ -906,7 +899,7 @@ def diff_versions(
         try:
             old = _version(session, dataset, against)
         except NotFoundException:
-            raise _field_error("against", f"no version {against} in this dataset") from None
+            raise field_error("against", f"no version {against} in this dataset") from None
         before = {f.path: f for f in session.scalars(select(File).where(File.version_id == old.id))}
         after = {f.path: f for f in session.scalars(select(File).where(File.version_id == new.id))}
         changed = []
@@ -1055,7 +1048,7 @@ def rerun_quality(
             raise ClientException(status_code=409, detail="commit the version first")
         job = _queue_quality(platform, session, access, dataset, version)
         if job is None:
-            raise _field_error("files", "the version has no tabular file")
+            raise field_error("files", "the version has no tabular file")
         body = {"job": job.id}
     jobs_engine(platform).dispatch([job])
     return body

@@ -70,6 +70,7 @@ from zhongtai.jobs import JobType
 from zhongtai.jobs.context import JobCancelled
 from zhongtai.logs import mask_secrets
 from zhongtai.metadata.lineage import EntityRef, record_edge
+from zhongtai.web.errors import field_error
 from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
 from zhongtai_data.archives import safe_path
@@ -323,7 +324,7 @@ def _check_prefix(value: str, field: str) -> str:
     try:
         return safe_path(value)
     except ValueError as exc:
-        raise _field_error(field, str(exc)) from None
+        raise field_error(field, str(exc)) from None
 
 
 _STATEMENT_START = frozenset({"select", "with", "values", "table"})
@@ -481,14 +482,6 @@ class ImportParams(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 
-def _field_error(field: str, message: str, status: int = 400) -> ClientException:
-    return ClientException(
-        status_code=status,
-        detail=f"{field}: {message}",
-        extra=[{"key": field, "message": message}],
-    )
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -521,7 +514,7 @@ def _sql_config(platform: Platform, value: str, field: str = "url") -> tuple[URL
         url = parse_sql_url(value)
         _check_sql_target(platform, url, must_resolve=False)
     except ValueError as exc:  # UnsafeHost included
-        raise _field_error(field, str(exc)) from None
+        raise field_error(field, str(exc)) from None
     shown = url._replace(password=None).render_as_string(hide_password=False)
     return url, {"url": shown}
 
@@ -534,7 +527,7 @@ def _seal_sql(platform: Platform, url: URL) -> tuple[str, bool]:
 def _s3_keys(access_key_id: str | None, secret_access_key: str | None) -> dict[str, str]:
     if (access_key_id is None) != (secret_access_key is None):
         field = "secret_access_key" if secret_access_key is None else "access_key_id"
-        raise _field_error(field, "give both access_key_id and secret_access_key, or neither")
+        raise field_error(field, "give both access_key_id and secret_access_key, or neither")
     if access_key_id is None or secret_access_key is None:
         return {}
     return {"access_key_id": access_key_id, "secret_access_key": secret_access_key}
@@ -543,7 +536,7 @@ def _s3_keys(access_key_id: str | None, secret_access_key: str | None) -> dict[s
 def _refuse_fields(data: BaseModel, names: Sequence[str], kind: str) -> None:
     for name in names:
         if getattr(data, name) is not None:
-            raise _field_error(name, f"not a field of a {kind} source")
+            raise field_error(name, f"not a field of a {kind} source")
 
 
 # --------------------------------------------------------------------------- routes
@@ -567,24 +560,24 @@ def create_source(
             "sql",
         )
         if data.url is None:
-            raise _field_error("url", "a sql source needs its SQLAlchemy URL")
+            raise field_error("url", "a sql source needs its SQLAlchemy URL")
         url, config = _sql_config(platform, data.url)
         secret, has_credentials = _seal_sql(platform, url)
     else:
         _refuse_fields(data, ["url"], "s3")
         if data.bucket is None:
-            raise _field_error("bucket", "an s3 source needs its bucket")
+            raise field_error("bucket", "an s3 source needs its bucket")
         if not BUCKET.match(data.bucket) or ".." in data.bucket:
-            raise _field_error("bucket", "not an S3 bucket name (3-63 a-z, 0-9, '.', '-')")
+            raise field_error("bucket", "not an S3 bucket name (3-63 a-z, 0-9, '.', '-')")
         region = data.region or "us-east-1"
         if not REGION.match(region):
-            raise _field_error("region", "not a region name (like eu-west-1)")
+            raise field_error("region", "not a region name (like eu-west-1)")
         endpoint = None
         if data.endpoint_url is not None:
             try:
                 endpoint = _check_endpoint(data.endpoint_url, must_resolve=False)
             except ValueError as exc:
-                raise _field_error("endpoint_url", str(exc)) from None
+                raise field_error("endpoint_url", str(exc)) from None
         config = {
             "bucket": data.bucket,
             "prefix": _check_prefix(data.prefix or "", "prefix"),
@@ -601,7 +594,7 @@ def create_source(
                 select(Source.id).where(Source.project_id == data.project, Source.name == data.name)
             )
             if taken:
-                raise _field_error("name", f"{data.name!r} is already a source here", 409)
+                raise field_error("name", f"{data.name!r} is already a source here", 409)
             source = Source(
                 project_id=data.project,
                 name=data.name,
@@ -616,7 +609,7 @@ def create_source(
             access.audit(target_id=source.id, project_id=source.project_id)
             return source_dict(source)
     except IntegrityError:  # a concurrent request took the name
-        raise _field_error("name", f"{data.name!r} is already a source here", 409) from None
+        raise field_error("name", f"{data.name!r} is already a source here", 409) from None
 
 
 @get("/sources", tags=TAGS, sync_to_thread=True, opt=requires(DATASET_READ))
@@ -658,7 +651,7 @@ def update_source(
                 )
             )
             if taken:
-                raise _field_error("name", f"{data.name!r} is already a source here", 409)
+                raise field_error("name", f"{data.name!r} is already a source here", 409)
             source.name = data.name
         if source.kind == "sql":
             _refuse_fields(data, ["access_key_id", "secret_access_key"], "sql")
@@ -669,7 +662,7 @@ def update_source(
                     try:
                         old = open_secret(platform, source.secret).get("url")
                     except CredentialsUnreadable as exc:
-                        raise _field_error("url", str(exc), 409) from None
+                        raise field_error("url", str(exc), 409) from None
                     url = parse_sql_url(old or source.config["url"])
                     config = dict(source.config)
                 if data.password is not None:
@@ -784,16 +777,16 @@ def import_source(
             source = _source(session, access, source_id, DATASET_WRITE)
             dataset = _dataset(session, access, data.dataset, DATASET_WRITE)
             if dataset.project_id != source.project_id:
-                raise _field_error("dataset", "the dataset is not in the source's project")
+                raise field_error("dataset", "the dataset is not in the source's project")
             if source.kind == "sql":
                 if data.prefix is not None:
-                    raise _field_error("prefix", "a sql source imports a query, not a prefix")
+                    raise field_error("prefix", "a sql source imports a query, not a prefix")
                 if data.query is None:
-                    raise _field_error("query", "give the SELECT to import")
+                    raise field_error("query", "give the SELECT to import")
                 if data.path is not None and not data.path.endswith(".parquet"):
-                    raise _field_error("path", "the import is a Parquet file: end it in .parquet")
+                    raise field_error("path", "the import is a Parquet file: end it in .parquet")
             elif data.query is not None:
-                raise _field_error("query", "an s3 source imports objects, not a query")
+                raise field_error("query", "an s3 source imports objects, not a query")
             job = engine.submit(
                 session,
                 job_type=job_type,
