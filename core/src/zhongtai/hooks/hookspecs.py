@@ -108,6 +108,22 @@ def register_routes(platform: Platform) -> list[ControllerRouterHandler] | None:
 
 
 @hookspec
+def register_root_routes(platform: Platform) -> dict[str, list[ControllerRouterHandler]] | None:
+    """Called while the app is assembled; return routes that live outside ``/api/v1``.
+
+    For a plugin that serves a protocol whose paths are fixed by others' clients
+    (MLflow's REST API under ``/mlflow``, an OpenAI-compatible endpoint): a mapping
+    of one top-level path segment to the routes mounted under it, e.g.
+    ``{"mlflow": [proxy]}`` answers at ``/mlflow/…``. The segment must be free: the
+    core's own (``api``, ``ui``, ``healthz``, …) and another plugin's are refused, and
+    the plugin is unloaded with the reason. The routes declare their access like any
+    other (``opt=requires(...)``, ``authenticated()``, ``public()``).
+
+    Added in 0.1.
+    """
+
+
+@hookspec
 def register_panels() -> list[Panel] | None:
     """Called while the app is assembled; return the web UI's pages and dashboard cards.
 

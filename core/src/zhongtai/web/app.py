@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -171,6 +172,7 @@ def build_app(platform: Platform) -> Litestar:
         router = _plugin_router(record, routes, core_paths, platform)
         if router is not None:
             route_handlers.append(router)
+    route_handlers.extend(_root_routers(platform, core_paths))
 
     async def on_startup(app: Litestar) -> None:
         await manager.acall_each("startup", unload=True, platform=platform)
@@ -280,6 +282,43 @@ def _plugin_router(
     except Exception as exc:
         platform.plugins.unload(record.name, f"register_routes: {type(exc).__name__}: {exc}", exc)
         return None
+
+
+# Top-level path segments the core answers at or keeps for itself.
+ROOT_RESERVED = frozenset({"api", "ui", "healthz", "readyz", "metrics", "docs", "static", "invite"})
+_SEGMENT = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def _root_routers(platform: Platform, core_paths: set[str]) -> list[Router]:
+    """The routers of ``register_root_routes``: one per claimed top-level segment."""
+    manager = platform.plugins
+    taken = ROOT_RESERVED | RESERVED_NAMES | {p.strip("/").split("/")[0] for p in core_paths}
+    routers: list[Router] = []
+    for record, claimed in manager.call_each("register_root_routes", platform=platform):
+        if record.error is not None:
+            continue
+        mine: list[Router] = []
+        try:
+            for segment, routes in dict(claimed).items():
+                if not isinstance(segment, str) or not _SEGMENT.match(segment):
+                    raise ValueError(f"/{segment} is not one lowercase path segment")
+                if segment in taken:
+                    raise ValueError(f"/{segment} is taken by the core or another plugin")
+                mine.append(
+                    Router(
+                        path=f"/{segment}",
+                        route_handlers=list(routes),
+                        include_in_schema=False,
+                        guards=[_plugin_available(record)],
+                        opt={PLUGIN_OPT: record.name},
+                    )
+                )
+        except Exception as exc:
+            manager.unload(record.name, f"register_root_routes: {type(exc).__name__}: {exc}", exc)
+            continue
+        taken = taken | {router.path.strip("/") for router in mine}
+        routers.extend(mine)
+    return routers
 
 
 def _plugin_available(record: PluginRecord) -> Any:

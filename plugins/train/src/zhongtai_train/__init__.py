@@ -1,0 +1,1 @@
+"""zhongtai's train plugin: experiment tracking on MLflow, scoped by project; GPU monitoring."""

@@ -1,0 +1,47 @@
+"""The train plugin's settings: ``ZHONGTAI_TRAIN__<FIELD>`` or the ``[train]`` TOML table."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from zhongtai.settings import PluginSettings
+
+
+class TrainSettings(PluginSettings):
+    """Where MLflow keeps its records, and how GPUs are watched."""
+
+    tracking_store_uri: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of MLflow's tracking and registry store. Default: "
+        "the SQLite file train/mlflow.db under the data directory on the embedded "
+        "database, or the schema `mlflow` of the platform's own PostgreSQL database.",
+    )
+    tracking_workers: int = Field(
+        default=2, ge=1, le=64, description="Worker processes of the MLflow tracking server."
+    )
+    tracking_start_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the MLflow tracking server may take to start (the first "
+        "start on a new store runs MLflow's migrations).",
+    )
+    max_artifact_size: int = Field(
+        default=5 * 2**30,
+        ge=1,
+        description="Largest request body accepted through /mlflow (an artifact upload).",
+    )
+    gpu_sample_interval: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=3600,
+        description="Seconds between two samples of a node's GPUs (0.5 to 3600).",
+    )
+    gpu_history: int = Field(
+        default=6 * 3600,
+        ge=60,
+        description="Seconds of GPU samples kept per node; older samples are deleted.",
+    )
+    gpu_monitoring: bool = Field(
+        default=True,
+        description="Sample this node's NVIDIA GPUs in the server and in each worker.",
+    )
