@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from litestar import get
+from litestar import Request, get
 from litestar.testing import TestClient
 
 import zhongtai
@@ -154,6 +154,46 @@ def test_plugin_routes_are_mounted_under_their_prefix(zt_register_plugin, zt_cli
         assert client.get("/api/v1/shadowing").json() == {"items": ["fake"]}
         root = client.get("/", follow_redirects=False)  # the core's: to the web UI
         assert root.status_code == 302 and root.headers["location"] == "/ui"
+
+
+class RootRoutes:
+    """Claims a top-level segment, as the train plugin claims /mlflow."""
+
+    def __init__(self, segment: str) -> None:
+        self.segment = segment
+
+    @zhongtai.hookimpl
+    def register_root_routes(self):
+        from zhongtai.identity.guard import authenticated
+
+        @get(["/", "/{rest:path}"], sync_to_thread=False, opt=authenticated())
+        def echo(request: Request) -> dict:
+            return {"path": request.url.path}
+
+        return {self.segment: [echo]}
+
+
+def test_hook_register_root_routes(zt_register_plugin, zt_client_factory):
+    """A plugin serves its own top-level path; the core's and another's are refused."""
+    zt_register_plugin(RootRoutes("tracking"), name="first")
+    zt_register_plugin(RootRoutes("tracking"), name="second")
+    zt_register_plugin(RootRoutes("api"), name="third")
+    zt_register_plugin(RootRoutes("Not A Segment"), name="fourth")
+    with zt_client_factory() as client:
+        from zhongtai.testing import ZtIdentity
+
+        identity = ZtIdentity(client.app.state["platform"])
+        headers = identity.headers(identity.user("root-routes@example.com"))
+        assert client.get("/tracking/api/2.0/x").status_code == 401  # its access holds
+        answer = client.get("/tracking/api/2.0/x", headers=headers)
+        assert answer.json() == {"path": "/tracking/api/2.0/x"}
+        listing = _plugins(client)
+        assert listing["first"]["loaded"] is True
+        assert "/tracking is taken" in listing["second"]["error"]
+        assert "/api is taken" in listing["third"]["error"]
+        assert "not one lowercase path segment" in listing["fourth"]["error"]
+        assert client.get("/healthz").status_code == 200
+        assert "/tracking/{rest:path}" not in client.get("/api/openapi.json").json()["paths"]
 
 
 def test_invalid_plugin_name_is_refused(zt_register_plugin, zt_client_factory):

@@ -55,8 +55,11 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
     from zhongtai_train.tracking import tracking
 
     home = tmp_path_factory.mktemp("train") / "home"
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ZHONGTAI_")
-             and not k.startswith("ZHONGTAI_TEST_")}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k.startswith("ZHONGTAI_") and not k.startswith("ZHONGTAI_TEST_")
+    }
     try:
         with _database(home.parent) as database_url:
             settings = load_settings(

@@ -281,7 +281,7 @@ def test_artifact_paths_never_escape(tracked, monkeypatch, path):
         assert answer.status_code in {400, 404}, (url, answer.status_code, answer.text[:200])
         assert "root:" not in answer.text
     with pytest.raises((MlflowException, RestException, OSError)):
-        client.download_artifacts(run.run_id, path, "/tmp")  # noqa: S108
+        client.download_artifacts(run.run_id, path, "/tmp")
 
 
 def test_no_token_or_a_revoked_one_is_401_everywhere(tracked, monkeypatch):

@@ -372,7 +372,7 @@ def _async_client(server: TrackingServer) -> httpx.AsyncClient:
     key = id(server)
     held = _CLIENTS.get(key)
     if held is not None and held[0] is loop and not held[1].is_closed:
-        transport = held[1]._transport  # noqa: SLF001 - checked against the live socket
+        transport = held[1]._transport
         if getattr(transport, "_zt_socket", None) == str(server.socket):
             return held[1]
     transport = httpx.AsyncHTTPTransport(uds=str(server.socket))

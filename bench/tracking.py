@@ -1,0 +1,317 @@
+"""MLflow through the platform against plain ``mlflow server`` on the same store.
+
+One data directory is seeded with a developer in one project and an API key scoped
+to it. ``zhongtai serve`` (the train plugin; embedded SQLite unless ``--database
+postgres``) runs its MLflow server; next to it a plain ``mlflow server`` runs on the
+*same* backend store and artifact folder, with the same number of workers and
+workspaces enabled (the store is workspace-aware once the platform has used it), and
+the client names the project's workspace itself. The same ``MlflowClient``, in this
+process, then drives both, alternating rounds so that drift on a shared machine
+falls on both sides:
+
+* ``log_batch`` of 1,000 metric points per call: points per second through
+  ``/mlflow`` (auth + project check + proxy) ÷ plain. Target ≥ 0.9.
+* ``search_runs`` over an experiment of 1,000 runs (``max_results=1000``): plain
+  time ÷ platform time. Target ≥ 0.9.
+* one ``log_metric`` per call: p50 through the platform ÷ p50 plain. Target ≤ 1.2.
+
+The downsampled metric endpoint has its own benchmark, ``bench/tracking_series.py``.
+Exits 0 whatever the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    PYTHON,
+    RESULTS,
+    Server,
+    child_env,
+    free_port,
+    machine,
+    scratch_dir,
+    verdict,
+    zhongtai_server,
+)
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def seed(home: Path, url: str, secret: str) -> tuple[str, str]:
+    """Schema (core + train), a developer in one project, a key scoped to it."""
+    from zhongtai.identity.apikeys import create_api_key
+    from zhongtai.identity.models import Organization, Project, ProjectMember, User
+    from zhongtai.identity.roles import Role
+    from zhongtai.platform import bootstrap
+    from zhongtai.settings import load_settings
+
+    settings = load_settings(home=home, database_url=url, secret_key=secret, plugins=["train"])
+    platform = bootstrap(settings, schema="upgrade")
+    try:
+        with platform.db.transaction() as session:
+            user = User(email="bench@example.com")
+            org = Organization(slug="bench", name="Bench")
+            session.add_all([user, org])
+            session.flush()
+            project = Project(org_id=org.id, slug="tracking", name="Tracking")
+            session.add(project)
+            session.flush()
+            session.add(
+                ProjectMember(project_id=project.id, user_id=user.id, role=int(Role.developer))
+            )
+            project_id = project.id
+            _row, key = create_api_key(
+                session,
+                user_id=user.id,
+                name="bench",
+                project_id=project_id,
+                secret=platform.secret_key,
+            )
+    finally:
+        platform.close()
+    return project_id, key
+
+
+class Target:
+    """One tracking URI and the environment the client needs for it."""
+
+    def __init__(self, name: str, uri: str, env: dict[str, str]) -> None:
+        self.name, self.uri, self.env = name, uri, env
+
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_WORKSPACE"):
+            os.environ.pop(key, None)
+        os.environ.update(self.env)
+        return MlflowClient(tracking_uri=self.uri)
+
+
+def log_batch_rate(target: Target, run_id: str, calls: int, offset: int) -> float:
+    from mlflow.entities import Metric
+
+    client = target.client()
+    now = int(time.time() * 1000)
+    batches = [
+        [Metric(f"m{j % 10}", float(j), now, offset + i * 1000 + j) for j in range(1000)]
+        for i in range(calls)
+    ]
+    start = time.perf_counter()
+    for batch in batches:
+        client.log_batch(run_id, metrics=batch)
+    return calls * 1000 / (time.perf_counter() - start)
+
+
+def search_seconds(target: Target, experiment: str) -> float:
+    client = target.client()
+    start = time.perf_counter()
+    runs = client.search_runs([experiment], max_results=1000)
+    elapsed = time.perf_counter() - start
+    assert len(runs) == 1000, len(runs)
+    return elapsed
+
+
+def log_metric_times(target: Target, run_id: str, calls: int, offset: int) -> list[float]:
+    client = target.client()
+    out = []
+    for i in range(calls):
+        start = time.perf_counter()
+        client.log_metric(run_id, "single", float(i), step=offset + i)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--workers", type=int, default=2, help="MLflow server workers, both")
+    parser.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 4)")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 4)
+    batch_calls = 5 if args.quick else 15
+    metric_calls = 50 if args.quick else 150
+
+    with scratch_dir("zt-bench-tracking-") as work:
+        home = work / "home"
+        home.mkdir()
+        secret = secrets.token_urlsafe(48)
+        database = None
+        if args.database == "postgres":
+            import psycopg
+
+            database = f"zt_bench_{secrets.token_hex(4)}"
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{database}"')
+            url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{database}"
+        else:
+            url = f"sqlite:///{home / 'zhongtai.db'}"
+        try:
+            project, key = seed(home, url, secret)
+            figures = run(
+                work, home, url, secret, project, key, args, rounds, batch_calls, metric_calls
+            )
+        finally:
+            if database:
+                import psycopg
+
+                with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"tracking-{args.database}.json"
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"\nfigures written to {out}")
+
+
+def run(
+    work: Path,
+    home: Path,
+    url: str,
+    secret: str,
+    project: str,
+    key: str,
+    args: argparse.Namespace,
+    rounds: int,
+    batch_calls: int,
+    metric_calls: int,
+) -> dict[str, Any]:
+    platform = zhongtai_server(
+        home,
+        work / "zhongtai.log",
+        bytecode_cache=True,
+        access_log=False,
+        env={
+            "ZHONGTAI_DATABASE_URL": url,
+            "ZHONGTAI_SECRET_KEY": secret,
+            "ZHONGTAI_PLUGINS": "train",
+            "ZHONGTAI_TRAIN__TRACKING_WORKERS": str(args.workers),
+            "ZHONGTAI_LOG_LEVEL": "WARNING",
+        },
+    )
+    with platform:
+        platform.wait_ready(timeout=120)
+        through = Target(
+            "platform",
+            f"http://127.0.0.1:{platform.port}/mlflow",
+            {"MLFLOW_TRACKING_TOKEN": key},
+        )
+        client = through.client()
+        started = time.perf_counter()
+        experiment = client.create_experiment("bench-search")
+        print(f"platform's MLflow server started in {time.perf_counter() - started:.1f} s")
+        # The store the platform's MLflow server uses, for the plain server next to it.
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        store = _store_uri(home, url)
+        port = free_port()
+        plain = Server(
+            "plain mlflow",
+            [
+                str(PYTHON),
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                store,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                (home / "train" / "artifacts").as_uri(),
+                "--enable-workspaces",
+                "--workers",
+                str(args.workers),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            port,
+            "/health",
+            child_env(bytecode_cache=True, extra={"MLFLOW_ENABLE_WORKSPACES": "true"}),
+            work / "mlflow.log",
+        )
+        with plain:
+            plain.wait_ready(timeout=180)
+            direct = Target(
+                "plain",
+                f"http://127.0.0.1:{port}",
+                {"MLFLOW_WORKSPACE": f"p{project.lower()}"},
+            )
+            print(f"seeding 1,000 runs ({machine()}) …")
+            seeder = direct.client()
+            for i in range(1000):
+                seeder.create_run(experiment, run_name=f"r{i}")
+            run_platform = through.client().create_run(experiment, run_name="batch-p").info.run_id
+            run_plain = direct.client().create_run(experiment, run_name="batch-d").info.run_id
+            # Warm both (connections, caches) before measuring.
+            log_batch_rate(through, run_platform, 1, 10**9)
+            log_batch_rate(direct, run_plain, 1, 10**9)
+            search_seconds(through, experiment)
+            search_seconds(direct, experiment)
+
+            rates: dict[str, list[float]] = {"platform": [], "plain": []}
+            searches: dict[str, list[float]] = {"platform": [], "plain": []}
+            singles: dict[str, list[float]] = {"platform": [], "plain": []}
+            for r in range(rounds):
+                order = (through, direct) if r % 2 == 0 else (direct, through)
+                for target in order:
+                    run_id = run_platform if target is through else run_plain
+                    rates[target.name].append(
+                        log_batch_rate(target, run_id, batch_calls, r * 10**6)
+                    )
+                    searches[target.name].append(search_seconds(target, experiment))
+                    singles[target.name].extend(
+                        log_metric_times(target, run_id, metric_calls, r * 10**6)
+                    )
+
+    rate_p, rate_d = statistics.median(rates["platform"]), statistics.median(rates["plain"])
+    search_p = statistics.median(searches["platform"])
+    search_d = statistics.median(searches["plain"])
+    p50_p = statistics.median(singles["platform"]) * 1000
+    p50_d = statistics.median(singles["plain"]) * 1000
+    batch_ratio = rate_p / rate_d
+    search_ratio = search_d / search_p
+    single_ratio = p50_p / p50_d
+    print(f"\n{args.database}, {args.workers} MLflow workers, {rounds} alternating rounds")
+    print(
+        f"log_batch:   {rate_p:,.0f} points/s through /mlflow, {rate_d:,.0f} plain: "
+        f"{batch_ratio:.2f}x  (≥ 0.9) {verdict(batch_ratio >= 0.9)}"
+    )
+    print(
+        f"search_runs: {search_p * 1000:.0f} ms through /mlflow, {search_d * 1000:.0f} ms plain "
+        f"(1,000 runs): {search_ratio:.2f}x  (≥ 0.9) {verdict(search_ratio >= 0.9)}"
+    )
+    print(
+        f"log_metric:  p50 {p50_p:.2f} ms through /mlflow, {p50_d:.2f} ms plain: "
+        f"{single_ratio:.2f}x  (≤ 1.2) {verdict(single_ratio <= 1.2)}"
+    )
+    return {
+        "database": args.database,
+        "machine": machine(),
+        "log_batch_points_per_s": {"platform": rate_p, "plain": rate_d, "ratio": batch_ratio},
+        "search_runs_s": {"platform": search_p, "plain": search_d, "ratio": search_ratio},
+        "log_metric_p50_ms": {"platform": p50_p, "plain": p50_d, "ratio": single_ratio},
+    }
+
+
+def _store_uri(home: Path, url: str) -> str:
+    if url.startswith("sqlite"):
+        return f"sqlite:///{home / 'train' / 'mlflow.db'}"
+    from sqlalchemy.engine import make_url
+
+    store = make_url(url).set(drivername="postgresql+psycopg")
+    store = store.update_query_dict({"options": "-csearch_path=mlflow"})
+    return store.render_as_string(hide_password=False)
+
+
+if __name__ == "__main__":
+    main()
