@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import zhongtai
 from zhongtai.testing import (
     ZtIdentity,
     database_server_for_tests,
@@ -29,6 +31,7 @@ class Tracked:
     url: str
     platform: Any
     identity: ZtIdentity
+    events: list[Any]
 
     @property
     def tracking_uri(self) -> str:
@@ -48,13 +51,13 @@ class Tracked:
         mlflow.set_tracking_uri(self.tracking_uri)
 
 
-@pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
+@contextmanager
+def tracked_platform(home: Path, **overrides: Any) -> Iterator[Tracked]:
+    """A platform with the train plugin served on a free port, its MLflow server up."""
     from zhongtai.settings import load_settings
     from zhongtai.web.app import create_app
     from zhongtai_train.tracking import tracking
 
-    home = tmp_path_factory.mktemp("train") / "home"
     saved = {
         k: os.environ.pop(k)
         for k in list(os.environ)
@@ -63,16 +66,43 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
     try:
         with _database(home.parent) as database_url:
             settings = load_settings(
-                home=home, database_url=database_url, log_format="text", access_log=False
+                home=home,
+                database_url=database_url,
+                log_format="text",
+                access_log=False,
+                **overrides,
             )
-            app = create_app(settings, plugins=["train"], schema="upgrade")
+            recorder = EventRecorder()
+            app = create_app(
+                settings,
+                plugins=["train"],
+                extra_plugins=[("eventrecorder", recorder)],
+                schema="upgrade",
+            )
             platform = app.state["platform"]
             with serve_in_thread(app) as url:
                 tracking(platform).ensure()
-                yield Tracked(url, platform, ZtIdentity(platform))
+                yield Tracked(url, platform, ZtIdentity(platform), recorder.events)
             platform.close()
     finally:
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
+    with tracked_platform(tmp_path_factory.mktemp("train") / "home") as shared:
+        yield shared
+
+
+class EventRecorder:
+    """A plugin that keeps every domain event the platform publishes."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    @zhongtai.hookimpl
+    def on_event(self, event: Any) -> None:
+        self.events.append(event)
 
 
 def _database(folder: Path) -> Any:
@@ -82,3 +112,9 @@ def _database(folder: Path) -> Any:
     if server is None:
         return nullcontext(f"sqlite:///{folder / 'zhongtai.db'}")
     return throwaway_postgres(server)
+
+
+@pytest.fixture(scope="session")
+def start_tracked() -> Any:
+    """:func:`tracked_platform`, for modules that need a platform set up differently."""
+    return tracked_platform

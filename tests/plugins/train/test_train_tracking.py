@@ -344,3 +344,100 @@ def test_the_clients_own_workspace_header_is_replaced(tracked):
         json={"max_results": 100},
     )
     assert answer.status_code == 404 and "hidden-b" not in answer.text
+
+
+def test_runs_record_their_data_and_models_as_lineage_and_events(tracked, monkeypatch):
+    import time
+
+    import mlflow
+    from sqlalchemy import select
+
+    from zhongtai.metadata.ids import new_id
+    from zhongtai.metadata.lineage import LineageEdge
+
+    identity = tracked.identity
+    user, project = identity.project_with("developer")
+    client = _client(tracked, monkeypatch, identity.api_key(user, project=project))
+    train_version, test_version, input_version = new_id(), new_id(), new_id()
+    exp = client.create_experiment("lineage")
+    run = client.create_run(exp, tags={"zhongtai.dataset_version": train_version}).info.run_id
+    client.set_tag(run, "zhongtai.dataset_version", f"{train_version},{test_version}")
+    dataset = mlflow.data.meta_dataset.MetaDataset(
+        source=mlflow.data.http_dataset_source.HTTPDatasetSource(
+            f"https://zt.example/zhongtai:data.version:{input_version}"
+        ),
+        name="inputs",
+    )
+    client.log_inputs(run, [mlflow.entities.DatasetInput(dataset._to_mlflow_entity())])
+    client.set_terminated(run, "FAILED")
+    client.create_registered_model("lineage-model")
+    client.create_model_version("lineage-model", f"runs:/{run}/model", run_id=run)
+
+    def edges() -> set[tuple[str, str, str, str]]:
+        with tracked.platform.db.session() as session:
+            rows = session.scalars(select(LineageEdge).where(LineageEdge.project_id == project.id))
+            return {(e.source_kind, e.source_id, e.relation, e.target_id) for e in rows}
+
+    wanted = {
+        ("data.version", train_version, "trained", run),
+        ("data.version", test_version, "trained", run),
+        ("data.version", input_version, "trained", run),
+        ("train.run", run, "registered", "lineage-model/1"),
+    }
+    deadline = time.monotonic() + 10
+    while not wanted <= edges() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert edges() == wanted
+    names = [
+        (e.name, getattr(e, "run_id", None)) for e in tracked.events if e.project == project.id
+    ]
+    assert ("train.run.finished", run) in names
+    assert ("model.version.registered", run) in names
+    finished = next(e for e in tracked.events if e.name == "train.run.finished" and e.run_id == run)
+    assert finished.status == "FAILED" and finished.experiment_id == exp
+
+
+class _Trap:
+    """Unpickling this writes a file: proof that something loaded it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("unpickled",))
+
+
+def test_a_pickled_model_is_stored_and_served_never_unpickled(tracked, monkeypatch, tmp_path):
+    import pickle
+
+    identity = tracked.identity
+    user, project = identity.project_with("developer")
+    key = identity.api_key(user, project=project)
+    client = _client(tracked, monkeypatch, key)
+    marker = tmp_path / "was-unpickled"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.pkl").write_bytes(pickle.dumps(_Trap(str(marker))))
+    (tmp_path / "model" / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
+        "    model_path: model.pkl\n  sklearn:\n    pickled_model: model.pkl\n"
+        "    serialization_format: pickle\n"
+    )
+    exp = client.create_experiment("pickles")
+    run = client.create_run(exp).info.run_id
+    client.log_artifacts(run, str(tmp_path / "model"), "model")
+    client.create_registered_model("trap")
+    version = client.create_model_version("trap", f"runs:/{run}/model", run_id=run)
+    assert version.version == "1"
+    headers = {"Authorization": f"Bearer {identity.token(user)}"}
+    base = f"{tracked.url}/api/v1/train/runs/{run}"
+    listing = httpx.get(f"{base}/artifacts", params={"path": "model"}, headers=headers).json()
+    assert {f["path"] for f in listing["files"]} == {"model/MLmodel", "model/model.pkl"}
+    got = httpx.get(
+        f"{base}/artifacts/download", params={"path": "model/model.pkl"}, headers=headers
+    )
+    assert got.content == (tmp_path / "model" / "model.pkl").read_bytes()
+    assert got.headers["content-disposition"] == 'attachment; filename="model.pkl"'
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(f"{base}", headers=headers).status_code == 200
+    assert client.get_model_version("trap", "1").source
+    assert not marker.exists()

@@ -124,7 +124,7 @@ def list_experiments(
 def _run_counts(session: Session, ids: Sequence[int]) -> dict[int, int]:
     if not ids:
         return {}
-    query = (
+    query: Any = (
         select(SqlRun.experiment_id, func.count())
         .where(SqlRun.experiment_id.in_(ids), SqlRun.lifecycle_stage == "active")
         .group_by(SqlRun.experiment_id)
@@ -139,7 +139,7 @@ def _experiment_of(platform: Any, access: Any, experiment_id: str) -> Any:
         row = session.get(SqlExperiment, int(experiment_id))
         if row is not None:
             session.expunge(row)
-    project = project_of(row.workspace or "") if row is not None else None
+    project = project_of(str(row.workspace or "")) if row is not None else None
     with platform.db.session() as session:
         access.require(session, project_id=project, permission=EXPERIMENT_READ)
     return row
@@ -154,7 +154,7 @@ def _experiment_of(platform: Any, access: Any, experiment_id: str) -> Any:
 def get_experiment(platform: PlatformDep, access: AccessDep, experiment_id: Ref) -> dict[str, Any]:
     row = _experiment_of(platform, access, experiment_id)
     with _mlflow_session(platform) as session:
-        tags = session.execute(
+        tags: Any = session.execute(
             select(SqlExperimentTag.key, SqlExperimentTag.value).where(
                 SqlExperimentTag.experiment_id == row.experiment_id
             )
@@ -188,7 +188,7 @@ def _latest(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {r: {} for r in run_ids}
     if not run_ids:
         return out
-    rows = session.execute(
+    rows: Any = session.execute(
         select(
             SqlLatestMetric.run_uuid,
             SqlLatestMetric.key,
@@ -247,7 +247,7 @@ def list_runs(
         workspaces = [row.workspace]
     else:
         workspaces = _visible_workspaces(platform, access, project)
-    query = (
+    query: Any = (
         select(SqlRun, SqlExperiment.workspace)
         .join(SqlExperiment, SqlExperiment.experiment_id == SqlRun.experiment_id)
         .where(SqlExperiment.workspace.in_(workspaces), SqlRun.lifecycle_stage == "active")
@@ -310,7 +310,7 @@ def run_of(platform: Any, access: Any, run_id: str) -> tuple[Any, str]:
     if not re.fullmatch(r"[0-9a-f]{32}", run_id):
         raise NotFound(None)
     with _mlflow_session(platform) as session:
-        found = session.execute(
+        found: Any = session.execute(
             select(SqlRun, SqlExperiment.workspace)
             .join(SqlExperiment, SqlExperiment.experiment_id == SqlRun.experiment_id)
             .where(SqlRun.run_uuid == run_id)
@@ -331,8 +331,10 @@ def _run_detail(session: Session, run: Any, workspace: str) -> dict[str, Any]:
             select(SqlParam.key, SqlParam.value).where(SqlParam.run_uuid == run.run_uuid)
         ).all()
     )
-    tags = dict(
-        session.execute(select(SqlTag.key, SqlTag.value).where(SqlTag.run_uuid == run.run_uuid))
+    tags: dict[str, str] = dict(
+        session.execute(
+            select(SqlTag.key, SqlTag.value).where(SqlTag.run_uuid == run.run_uuid)
+        ).all()
     )
     item["tags"] = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
     item["system_tags"] = {k: v for k, v in tags.items() if k.startswith("mlflow.")}

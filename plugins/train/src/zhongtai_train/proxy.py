@@ -49,6 +49,7 @@ from zhongtai.identity.guard import NO_AUDIT_SCOPE_KEY, Access, AccessDep, authe
 from zhongtai.identity.models import Organization, Project
 from zhongtai.platform import Platform
 from zhongtai.web.params import PlatformDep
+from zhongtai_train.events import record_quietly, relevant
 from zhongtai_train.permissions import EXPERIMENT_DELETE, EXPERIMENT_READ, EXPERIMENT_WRITE
 from zhongtai_train.tracking import (
     PREFIX,
@@ -71,12 +72,14 @@ ALLOWED = re.compile(
     r"^/(?:"
     rf"(?:api|ajax-api)/2\.0/mlflow/(?:{_FAMILIES_V2})(?:/[^?]*)?"
     rf"|(?:api|ajax-api)/3\.0/mlflow/(?:{_FAMILIES_V3})(?:/[^?]*)?"
-    r"|(?:api|ajax-api)/2\.0/mlflow-artifacts/(?:artifacts|mpu)(?:/[^?]*)?"
+    r"|(?:api|ajax-api)/2\.0/mlflow-artifacts/(?:artifacts|mpu|presigned)(?:/[^?]*)?"
     r"|get-artifact|model-versions/get-artifact|health|version"
     r")$"
 )
 # Proxied artifact paths: ``…/mlflow-artifacts/artifacts/workspaces/<ws>/<exp>/<run>/…``.
-_ARTIFACT_PATH = re.compile(r"^/(?:api|ajax-api)/2\.0/mlflow-artifacts/(?:artifacts|mpu)/(.*)$")
+_ARTIFACT_PATH = re.compile(
+    r"^/(?:api|ajax-api)/2\.0/mlflow-artifacts/(?:artifacts|mpu|presigned)/(.*)$"
+)
 _READ_POSTS = frozenset(
     {
         "search",
@@ -122,7 +125,9 @@ _FORWARDED_REQUEST_HEADERS = frozenset(
         "user-agent",
     }
 )
-_SMALL = 1 << 20  # answers up to this size are read whole; larger ones are streamed
+# Answers up to this size are read whole and sent in one piece (every JSON answer);
+# larger ones, and artifact downloads, are streamed.
+_WHOLE = 64 << 20
 
 
 class MlflowError(Exception):
@@ -363,6 +368,42 @@ def _preflight(
     return project
 
 
+def _authorization_key(header: str | None, path: str, method: str) -> tuple[Any, ...]:
+    artifact = _ARTIFACT_PATH.match(path)
+    parts = artifact.group(1).split("/", 2) if artifact else []
+    where = parts[1] if len(parts) >= 2 and parts[0] == "workspaces" else None
+    return ("mlflow", (header or "").strip(), where, permission_for(method, path).name)
+
+
+def _remembered_project(
+    platform: Platform,
+    access: Access,
+    header: str | None,
+    path: str,
+    method: str,
+    body: bytes | None,
+) -> str | None:
+    """The project of an earlier request that asked the same of the same caller.
+
+    Kept in the identity cache (:meth:`Access.remember`), so it is forgotten at the
+    next change to users, memberships or keys, in any process. Requests whose body
+    names locations are checked every time.
+    """
+    if method == "POST" and path.endswith(("/experiments/create", "/model-versions/create")):
+        return None
+    server = tracking(platform)
+    project = access.remembered(_authorization_key(header, path, method))
+    if project is None or not server.running or workspace_of(project) not in server.workspaces:
+        return None
+    return str(project)
+
+
+def _remember_project(
+    access: Access, header: str | None, path: str, method: str, project: str
+) -> None:
+    access.remember(_authorization_key(header, path, method), project)
+
+
 _CLIENTS: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 
 
@@ -406,6 +447,10 @@ async def mlflow_proxy(
     method = request.method.upper()
     full = request.url.path
     path = full[len(PREFIX) :] or "/"
+    if path in {"/", ""} and method in {"GET", "HEAD"}:
+        # MLflow's own web UI is not served (docs/train.md says why): its pages are
+        # the platform's experiments pages.
+        return Response(b"", status_code=302, headers={"Location": "/ui/train/"})
     try:
         if not ALLOWED.match(path):
             raise MlflowError(
@@ -424,9 +469,12 @@ async def mlflow_proxy(
             )
         body = None if streamed else await request.body()
         header = request.headers.get(WORKSPACE_HEADER)
-        project = await anyio.to_thread.run_sync(
-            _preflight, platform, access, header, path, method, body
-        )
+        project = _remembered_project(platform, access, header, path, method, body)
+        if project is None:
+            project = await anyio.to_thread.run_sync(
+                _preflight, platform, access, header, path, method, body
+            )
+            _remember_project(access, header, path, method, project)
     except MlflowError as exc:
         return exc.response()
     except TrackingUnavailable as exc:
@@ -470,15 +518,29 @@ async def mlflow_proxy(
         out_headers["x-content-type-options"] = "nosniff"
         out_headers["content-security-policy"] = "sandbox"
     size = answer.headers.get("content-length")
-    if method == "HEAD" or (size is not None and size.isdigit() and int(size) <= _SMALL):
+    whole = size is not None and size.isdigit() and int(size) <= _WHOLE
+    if method == "HEAD" or (whole and not _is_download(path, method)):
         # Raw bytes: the body keeps the content-encoding MLflow gave it.
         data = b"".join([chunk async for chunk in answer.aiter_raw()])
         await answer.aclose()
+        after = None
+        if answer.status_code == 200 and relevant(path, body) and body is not None:
+            encoded = answer.headers.get("content-encoding") not in (None, "identity")
+            after = BackgroundTask(
+                anyio.to_thread.run_sync,
+                record_quietly,
+                platform,
+                project,
+                path,
+                body,
+                None if encoded else data,
+            )
         return Response(
             data if method != "HEAD" else b"",
             status_code=answer.status_code,
             headers=out_headers,
             media_type=answer.headers.get("content-type"),
+            background=after,
         )
     return Stream(
         answer.aiter_raw(),
@@ -514,7 +576,7 @@ def _is_download(path: str, method: str) -> bool:
     if path in {"/get-artifact", "/model-versions/get-artifact"}:
         return True
     match = _ARTIFACT_PATH.match(path)
-    return match is not None and path.split("/")[3] == "mlflow-artifacts"
+    return match is not None and path.split("/")[4] == "artifacts"
 
 
 def _attachment(path: str, headers: dict[str, str]) -> str:

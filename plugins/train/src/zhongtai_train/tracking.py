@@ -155,6 +155,11 @@ class TrackingServer:
         return self._folder / "mlflow.sock"
 
     @property
+    def workspaces(self) -> set[str]:
+        """The workspaces known to exist (created or found since the server started)."""
+        return self._workspaces
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
