@@ -394,3 +394,22 @@ def test_a_run_of_100k_points_renders_fast(tracked, member):
     assert body["total"] == 100_000 and body["points"] <= 2000, body["total"]
     assert body["steps"][0] == 0 and body["steps"][-1] == 99_999
     assert took < 1.0, f"{took:.2f} s"
+
+
+def test_the_pages_speak_chinese_and_mlflow_s_own_ui_leads_here(tracked, monkeypatch, browse):
+    from sqlalchemy import update
+
+    from zhongtai.identity.models import User
+
+    user, project = tracked.identity.project_with("developer")
+    client = mlflow_as(tracked, monkeypatch, tracked.identity.api_key(user, project=project))
+    exp = client.create_experiment("语言")
+    client.create_run(exp, run_name="first")
+    with tracked.platform.db.transaction() as session:
+        session.execute(update(User).where(User.id == user.id).values(language="zh-CN"))
+    ui = browse(user)
+    page = ui.get(f"/ui/train/experiments/{exp}?project={project.id}")
+    assert page.status_code == 200
+    assert "运行名称" in page.text and "指标阈值" in page.text and "Run name" not in page.text
+    moved = ui.get("/mlflow/", follow_redirects=False)
+    assert moved.status_code == 302 and moved.headers["location"] == "/ui/train/experiments"

@@ -450,7 +450,7 @@ async def mlflow_proxy(
     if path in {"/", ""} and method in {"GET", "HEAD"}:
         # MLflow's own web UI is not served (docs/train.md says why): its pages are
         # the platform's experiments pages.
-        return Response(b"", status_code=302, headers={"Location": "/ui/train/"})
+        return Response(b"", status_code=302, headers={"Location": "/ui/train/experiments"})
     try:
         if not ALLOWED.match(path):
             raise MlflowError(
