@@ -19,6 +19,8 @@ if [[ "${QUICK:-}" == 1 ]]; then
     jobs_args=(--quick)
     ui_args=(--jobs 2000 --requests 50)
     data_args=(--quick)
+    tracking_args=(--quick)
+    series_args=(--quick)
 else
     startup_args=()
     http_args=()
@@ -26,6 +28,8 @@ else
     jobs_args=()
     ui_args=()
     data_args=()
+    tracking_args=()
+    series_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -44,9 +48,13 @@ echo
 "$PY" bench/ui.py "${ui_args[@]}" | tee bench/results/ui.txt
 echo
 "$PY" bench/data.py "${data_args[@]}" | tee bench/results/data.txt
+echo
+"$PY" bench/tracking.py "${tracking_args[@]}" | tee bench/results/tracking.txt
+echo
+"$PY" bench/tracking_series.py "${series_args[@]}" | tee bench/results/tracking_series.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
 grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
     bench/results/auth_overhead.txt bench/results/jobs.txt bench/results/ui.txt \
-    bench/results/data.txt
+    bench/results/data.txt bench/results/tracking.txt bench/results/tracking_series.txt

@@ -14,8 +14,12 @@ falls on both sides:
 * ``search_runs`` over an experiment of 1,000 runs (``max_results=1000``): plain
   time ÷ platform time. Target ≥ 0.9.
 * one ``log_metric`` per call: p50 through the platform ÷ p50 plain. Target ≤ 1.2.
+* one metric series of 1,000,000 points (bulk-inserted into MLflow's ``metrics``
+  table for the setup): ``GET /api/v1/train/runs/{id}/metrics/{key}?max_points=2000``
+  through the platform (median of 5) against MLflow's ``get_metric_history`` of the
+  same series from the plain server (once). Targets: ≥ 10x faster and ≤ 300 ms.
 
-The downsampled metric endpoint has its own benchmark, ``bench/tracking_series.py``.
+``bench/tracking_series.py`` measures the module behind that endpoint on its own.
 Exits 0 whatever the verdicts.
 """
 
@@ -138,8 +142,12 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--workers", type=int, default=2, help="MLflow server workers, both")
     parser.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 4)")
+    parser.add_argument(
+        "--points", type=int, default=0, help="metric series length (1,000,000; quick 200,000)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 4)
+    args.points = args.points or (200_000 if args.quick else 1_000_000)
     batch_calls = 5 if args.quick else 15
     metric_calls = 50 if args.quick else 150
 
@@ -273,6 +281,10 @@ def run(
                         log_metric_times(target, run_id, metric_calls, r * 10**6)
                     )
 
+            series = endpoint_figures(
+                platform.port, key, through, direct, experiment, store, args.points
+            )
+
     rate_p, rate_d = statistics.median(rates["platform"]), statistics.median(rates["plain"])
     search_p = statistics.median(searches["platform"])
     search_d = statistics.median(searches["plain"])
@@ -294,13 +306,64 @@ def run(
         f"log_metric:  p50 {p50_p:.2f} ms through /mlflow, {p50_d:.2f} ms plain: "
         f"{single_ratio:.2f}x  (≤ 1.2) {verdict(single_ratio <= 1.2)}"
     )
+    endpoint_ms, history_s = series["endpoint_ms"], series["history_s"]
+    speedup = history_s * 1000 / endpoint_ms
+    print(
+        f"metric series: {args.points:,} points downsampled to 2,000 by "
+        f"GET /api/v1/train/runs/{{id}}/metrics/{{key}} in {endpoint_ms:.0f} ms (median of 5), "
+        f"MLflow get_metric_history {history_s:.1f} s: {speedup:.0f}x (>= 10x) "
+        f"{verdict(speedup >= 10)}, <= 300 ms {verdict(endpoint_ms <= 300)}"
+    )
     return {
+        "series": {"points": args.points, **series, "speedup": speedup},
         "database": args.database,
         "machine": machine(),
         "log_batch_points_per_s": {"platform": rate_p, "plain": rate_d, "ratio": batch_ratio},
         "search_runs_s": {"platform": search_p, "plain": search_d, "ratio": search_ratio},
         "log_metric_p50_ms": {"platform": p50_p, "plain": p50_d, "ratio": single_ratio},
     }
+
+
+def endpoint_figures(
+    port: int,
+    key: str,
+    through: Target,
+    direct: Target,
+    experiment: str,
+    store: str,
+    points: int,
+) -> dict[str, float]:
+    """The downsampled series endpoint against MLflow's get_metric_history (plain)."""
+    import http.client
+
+    from sqlalchemy import create_engine
+    from tracking_series import KEY, bulk_insert, make_series
+
+    run_id = through.client().create_run(experiment, run_name="long-curve").info.run_id
+    engine = create_engine(store)
+    try:
+        bulk_insert(engine, run_id, make_series(points))
+    finally:
+        engine.dispose()
+    times = []
+    for _ in range(6):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        start = time.perf_counter()
+        conn.request(
+            "GET",
+            f"/api/v1/train/runs/{run_id}/metrics/{KEY}?max_points=2000",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        answer = conn.getresponse()
+        body = json.loads(answer.read())
+        times.append(time.perf_counter() - start)
+        conn.close()
+        assert answer.status == 200 and body["total"] == points, (answer.status, body)
+    start = time.perf_counter()
+    history = direct.client().get_metric_history(run_id, KEY)
+    history_s = time.perf_counter() - start
+    assert len(history) == points, len(history)
+    return {"endpoint_ms": statistics.median(times[1:]) * 1000, "history_s": history_s}
 
 
 def _store_uri(home: Path, url: str) -> str:

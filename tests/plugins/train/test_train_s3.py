@@ -85,3 +85,29 @@ def test_artifacts_and_models_are_stored_in_the_platforms_bucket(on_s3, monkeypa
     )
     assert got.status_code == 200 and got.content == b"\x00\x01" * 5000
     assert got.headers["content-disposition"].startswith("attachment")
+
+
+def test_a_model_is_logged_and_registered_on_s3(on_s3, monkeypatch):
+    import mlflow
+    import mlflow.pyfunc
+
+    class Double(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input * 2
+
+    tracked, s3 = on_s3
+    identity = tracked.identity
+    user, project = identity.project_with("developer")
+    tracked.use(monkeypatch, identity.api_key(user, project=project))
+    mlflow.set_experiment("s3-models")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("loss", 0.5)
+        info = mlflow.pyfunc.log_model(name="model", python_model=Double())
+    version = mlflow.register_model(info.model_uri, "s3-doubler")
+    assert version.version == "1"
+    client = MlflowClient(tracking_uri=tracked.tracking_uri)
+    assert client.get_model_version("s3-doubler", "1").run_id == run.info.run_id
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert any(
+        k.startswith(f"platform/mlflow/workspaces/p{project.id}/") and "MLmodel" in k for k in keys
+    )

@@ -15,10 +15,8 @@ from typing import Any
 
 import anyio.to_thread
 from litestar import Litestar, Request, Router
-from litestar.connection import ASGIConnection
 from litestar.di import Provide
-from litestar.exceptions import ClientException, ServiceUnavailableException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.exceptions import ClientException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -29,6 +27,7 @@ from zhongtai.hooks.manager import PluginRecord, StartupError
 from zhongtai.identity.audit import audit_request, wants_audit
 from zhongtai.identity.guard import (
     ACCESS_OPT,
+    PLUGIN_OPT,
     PUBLIC,
     check_access,
     iter_route_handlers,
@@ -43,7 +42,6 @@ from zhongtai.web.middleware import Metrics, handle_http
 log = logging.getLogger("zhongtai.web")
 
 API_PREFIX = "/api/v1"
-PLUGIN_OPT = "zt_plugin"  # on each plugin's Router: which plugin the routes belong to
 # Names the core uses or will use under /api/v1; no plugin may take them.
 RESERVED_NAMES = frozenset(
     {
@@ -276,7 +274,6 @@ def _plugin_router(
             path=prefix,
             route_handlers=routes,
             tags=[record.name],
-            guards=[_plugin_available(record)],
             opt={PLUGIN_OPT: record.name},
         )
     except Exception as exc:
@@ -309,7 +306,6 @@ def _root_routers(platform: Platform, core_paths: set[str]) -> list[Router]:
                         path=f"/{segment}",
                         route_handlers=list(routes),
                         include_in_schema=False,
-                        guards=[_plugin_available(record)],
                         opt={PLUGIN_OPT: record.name},
                     )
                 )
@@ -319,16 +315,6 @@ def _root_routers(platform: Platform, core_paths: set[str]) -> list[Router]:
         taken = taken | {router.path.strip("/") for router in mine}
         routers.extend(mine)
     return routers
-
-
-def _plugin_available(record: PluginRecord) -> Any:
-    """A guard answering 503 once a plugin has been unloaded (e.g. its startup failed)."""
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if record.error is not None:
-            raise ServiceUnavailableException(f"plugin {record.name} is unavailable")
-
-    return guard
 
 
 def _paths(item: Any) -> set[str]:

@@ -79,10 +79,15 @@ def startup(platform: Platform) -> None:
 
 
 @zhongtai.hookimpl
-def shutdown(platform: Platform) -> None:
+async def shutdown(platform: Platform) -> None:
+    """Stop the GPU sampler and the MLflow server (and close the connections to it)."""
+    import anyio.to_thread
+
     from zhongtai_train.gpus import stop_sampler
+    from zhongtai_train.proxy import close_session
     from zhongtai_train.tracking import SERVER
 
-    stop_sampler(platform)
+    await anyio.to_thread.run_sync(stop_sampler, platform)
     if SERVER in platform.stash:
-        platform.stash[SERVER].stop()
+        await close_session(platform.stash[SERVER])
+        await anyio.to_thread.run_sync(platform.stash[SERVER].stop)

@@ -36,13 +36,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
+import aiohttp
 import anyio.to_thread
-import httpx
 from litestar import Request, Response, route
 from litestar.background_tasks import BackgroundTask
 from litestar.enums import HttpMethod
 from litestar.response import Stream
 from sqlalchemy import select
+from yarl import URL
 
 from zhongtai.identity.access import Forbidden, NotFound
 from zhongtai.identity.guard import NO_AUDIT_SCOPE_KEY, Access, AccessDep, authenticated
@@ -404,27 +405,37 @@ def _remember_project(
     access.remember(_authorization_key(header, path, method), project)
 
 
-_CLIENTS: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+_SESSIONS: dict[int, tuple[asyncio.AbstractEventLoop, str, aiohttp.ClientSession]] = {}
 
 
-def _async_client(server: TrackingServer) -> httpx.AsyncClient:
-    """One client per event loop and server socket (a client is bound to its loop)."""
+def _session(server: TrackingServer) -> aiohttp.ClientSession:
+    """One client session per event loop and server socket (a session is bound to its loop).
+
+    aiohttp rather than httpx here: on this hot path (every logged metric) it costs
+    about half a millisecond less per request. Bodies pass through as they are
+    (no decompression, no added ``Accept-Encoding``).
+    """
     loop = asyncio.get_running_loop()
-    key = id(server)
-    held = _CLIENTS.get(key)
-    if held is not None and held[0] is loop and not held[1].is_closed:
-        transport = held[1]._transport
-        if getattr(transport, "_zt_socket", None) == str(server.socket):
-            return held[1]
-    transport = httpx.AsyncHTTPTransport(uds=str(server.socket))
-    transport._zt_socket = str(server.socket)  # type: ignore[attr-defined]
-    client = httpx.AsyncClient(
-        transport=transport,
-        base_url="http://localhost",
-        timeout=httpx.Timeout(300.0, connect=10.0),
+    socket = str(server.socket)
+    held = _SESSIONS.get(id(server))
+    if held is not None and held[0] is loop and held[1] == socket and not held[2].closed:
+        return held[2]
+    session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=socket, limit=64),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
     )
-    _CLIENTS[key] = (loop, client)
-    return client
+    _SESSIONS[id(server)] = (loop, socket, session)
+    return session
+
+
+async def close_session(server: TrackingServer) -> None:
+    """Close the client session of ``server`` if it belongs to this event loop."""
+    held = _SESSIONS.get(id(server))
+    if held is not None and held[0] is asyncio.get_running_loop():
+        del _SESSIONS[id(server)]
+        await held[2].close()
 
 
 @route(
@@ -456,7 +467,7 @@ async def mlflow_proxy(
             raise MlflowError(
                 404, "ENDPOINT_NOT_FOUND", f"{method} {full} is not served by zhongtai"
             )
-        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        raw = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
         check_paths(path, raw, {k: request.query_params.getall(k) for k in request.query_params})
         limit = _max_size(platform)
         declared = request.headers.get("content-length")
@@ -493,24 +504,20 @@ async def mlflow_proxy(
     if body is None and declared and declared.isdigit():
         # MLflow (Flask under WSGI) reads no chunked body: the length must be known.
         headers["content-length"] = declared
-    client = _async_client(server)
     content: Any = body if body is not None else _limited(request.stream(), limit)
-    outgoing = client.build_request(
-        method,
-        request.url.path,
-        params=list(request.query_params.multi_items()),
-        content=content,
-        headers=headers,
-    )
+    raw_query = request.scope.get("query_string", b"").decode("latin-1")
+    target = URL(f"http://localhost{raw}{'?' + raw_query if raw_query else ''}", encoded=True)
     try:
-        answer = await client.send(outgoing, stream=True)
-    except httpx.TransportError as exc:
-        log.error("MLflow tracking server did not answer: %s", exc)
-        return MlflowError(503, "TEMPORARILY_UNAVAILABLE", "tracking is unavailable").response()
+        answer = await _session(server).request(
+            method, target, data=content, headers=headers, allow_redirects=False
+        )
     except _TooLarge:
         return MlflowError(
             413, "INVALID_PARAMETER_VALUE", "the request body is too large"
         ).response()
+    except (aiohttp.ClientError, OSError) as exc:
+        log.error("MLflow tracking server did not answer: %s", exc)
+        return MlflowError(503, "TEMPORARILY_UNAVAILABLE", "tracking is unavailable").response()
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
     if _is_download(path, method):
         # Artifacts are the users' files: never rendered by the browser as our page.
@@ -519,12 +526,15 @@ async def mlflow_proxy(
         out_headers["content-security-policy"] = "sandbox"
     size = answer.headers.get("content-length")
     whole = size is not None and size.isdigit() and int(size) <= _WHOLE
+    media_type = answer.headers.get("content-type")
     if method == "HEAD" or (whole and not _is_download(path, method)):
         # Raw bytes: the body keeps the content-encoding MLflow gave it.
-        data = b"".join([chunk async for chunk in answer.aiter_raw()])
-        await answer.aclose()
+        try:
+            data = await answer.read()
+        finally:
+            answer.release()
         after = None
-        if answer.status_code == 200 and relevant(path, body) and body is not None:
+        if answer.status == 200 and relevant(path, body) and body is not None:
             encoded = answer.headers.get("content-encoding") not in (None, "identity")
             after = BackgroundTask(
                 anyio.to_thread.run_sync,
@@ -537,18 +547,22 @@ async def mlflow_proxy(
             )
         return Response(
             data if method != "HEAD" else b"",
-            status_code=answer.status_code,
+            status_code=answer.status,
             headers=out_headers,
-            media_type=answer.headers.get("content-type"),
+            media_type=media_type,
             background=after,
         )
     return Stream(
-        answer.aiter_raw(),
-        status_code=answer.status_code,
+        answer.content.iter_chunked(1 << 16),
+        status_code=answer.status,
         headers=out_headers,
-        media_type=answer.headers.get("content-type"),
-        background=BackgroundTask(answer.aclose),
+        media_type=media_type,
+        background=BackgroundTask(_release, answer),
     )
+
+
+async def _release(answer: aiohttp.ClientResponse) -> None:
+    answer.release()
 
 
 class _TooLarge(Exception):
