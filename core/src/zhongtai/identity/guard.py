@@ -36,11 +36,7 @@ import anyio.to_thread
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import Dependency
-from litestar.exceptions import (
-    NotAuthorizedException,
-    PermissionDeniedException,
-    ServiceUnavailableException,
-)
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import Select, String, bindparam, select
 from sqlalchemy.orm import Session
@@ -85,8 +81,6 @@ SESSION_SCOPE_KEY = "zt_browser_session"  # the cookie, when the caller is a sig
 # Present: no audit row, whatever the method. Set on requests a rate limit refused, so
 # that a flood of them costs no writes (the access log and metrics still count them).
 NO_AUDIT_SCOPE_KEY = "zt_no_audit"
-# On each plugin's Router (so in its handlers' opt): which plugin the routes belong to.
-PLUGIN_OPT = "zt_plugin"
 AUDIT_CONTEXT_KEY = "zt_audit_context"  # what require() learnt: used only if there is a row
 
 __all__ = [
@@ -214,18 +208,6 @@ def _touch(platform: Platform, key_id: str) -> None:
         log.warning("could not record the use of API key %s", key_id, exc_info=True)
 
 
-def _check_plugin_available(connection: ASGIConnection[Any, Any, Any, Any], owner: str) -> None:
-    """503 on the routes of a plugin that was unloaded (e.g. its startup failed).
-
-    Checked here, in the one hook every request passes, rather than as a Litestar
-    guard on each plugin's router: a guard copies the handler and, being sync, runs
-    in a worker thread on every request.
-    """
-    record = connection.app.state["platform"].plugins.records.get(owner)
-    if record is not None and record.error is not None:
-        raise ServiceUnavailableException(f"plugin {owner} is unavailable")
-
-
 async def check_access(request: Request[Any, Any, Any]) -> None:
     """The application's ``before_request`` hook: authenticate, then check the route's access.
 
@@ -242,9 +224,6 @@ async def access_guard(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """Authenticate ``connection`` and check the access ``handler`` states (see module doc)."""
-    owner = handler.opt.get(PLUGIN_OPT)
-    if owner is not None:
-        _check_plugin_available(connection, owner)
     spec = handler.opt.get(ACCESS_OPT)
     if spec == PUBLIC:
         return

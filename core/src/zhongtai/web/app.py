@@ -15,8 +15,10 @@ from typing import Any
 
 import anyio.to_thread
 from litestar import Litestar, Request, Router
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
-from litestar.exceptions import ClientException
+from litestar.exceptions import ClientException, ServiceUnavailableException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -27,7 +29,6 @@ from zhongtai.hooks.manager import PluginRecord, StartupError
 from zhongtai.identity.audit import audit_request, wants_audit
 from zhongtai.identity.guard import (
     ACCESS_OPT,
-    PLUGIN_OPT,
     PUBLIC,
     check_access,
     iter_route_handlers,
@@ -42,6 +43,7 @@ from zhongtai.web.middleware import Metrics, handle_http
 log = logging.getLogger("zhongtai.web")
 
 API_PREFIX = "/api/v1"
+PLUGIN_OPT = "zt_plugin"  # on each plugin's Router: which plugin the routes belong to
 # Names the core uses or will use under /api/v1; no plugin may take them.
 RESERVED_NAMES = frozenset(
     {
@@ -274,6 +276,7 @@ def _plugin_router(
             path=prefix,
             route_handlers=routes,
             tags=[record.name],
+            guards=[_plugin_available(record)],
             opt={PLUGIN_OPT: record.name},
         )
     except Exception as exc:
@@ -306,6 +309,7 @@ def _root_routers(platform: Platform, core_paths: set[str]) -> list[Router]:
                         path=f"/{segment}",
                         route_handlers=list(routes),
                         include_in_schema=False,
+                        guards=[_plugin_available(record)],
                         opt={PLUGIN_OPT: record.name},
                     )
                 )
@@ -315,6 +319,22 @@ def _root_routers(platform: Platform, core_paths: set[str]) -> list[Router]:
         taken = taken | {router.path.strip("/") for router in mine}
         routers.extend(mine)
     return routers
+
+
+def _plugin_available(record: PluginRecord) -> Any:
+    """A guard answering 503 once a plugin has been unloaded (e.g. its startup failed).
+
+    A guard, not a check in the access hook: a plugin route that sets its own
+    ``before_request`` replaces that hook (and is unloaded for it), but guards always
+    run. Async, so that Litestar calls it in the event loop: a sync guard would cost a
+    worker-thread hop on every request of every plugin route.
+    """
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if record.error is not None:
+            raise ServiceUnavailableException(f"plugin {record.name} is unavailable")
+
+    return guard
 
 
 def _paths(item: Any) -> set[str]:
