@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from zhongtai.identity.access import NotFound
 from zhongtai.identity.guard import AccessDep, requires
 from zhongtai.web.errors import field_error
-from zhongtai.web.pagination import decode_cursor, encode_cursor, page_for
+from zhongtai.web.pagination import encode_cursor, page_for
 from zhongtai.web.params import PlatformDep
 from zhongtai_train.permissions import EXPERIMENT_READ
 from zhongtai_train.tracking import PREFIX, project_of, tracking, workspace_of
@@ -302,9 +302,6 @@ def list_runs(
     return {"items": items, "next_cursor": next_cursor}
 
 
-_ = decode_cursor  # cursors are decoded by page_for
-
-
 def run_of(platform: Any, access: Any, run_id: str) -> tuple[Any, str]:
     """The run row and its workspace, if the caller can read its project (else 404)."""
     if not re.fullmatch(r"[0-9a-f]{32}", run_id):
@@ -452,7 +449,7 @@ def download_artifact(
     path: Annotated[str, Parameter(min_length=1, max_length=1000)],
 ) -> Response[Any]:
     """One artifact file, always as an attachment (never rendered as a page)."""
-    from zhongtai_train.proxy import unsafe_path
+    from zhongtai_train.proxy import attachment, unsafe_path
 
     why = unsafe_path(path)
     if why:
@@ -470,7 +467,6 @@ def download_artifact(
     if answer.status_code != 200:
         answer.close()
         raise field_error("path", "no such artifact", 404)
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.rsplit("/", 1)[-1])[:200] or "artifact"
 
     def chunks() -> Iterator[bytes]:
         try:
@@ -479,7 +475,7 @@ def download_artifact(
             answer.close()
 
     headers = {
-        "Content-Disposition": f'attachment; filename="{name}"',
+        "Content-Disposition": attachment(path),
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }

@@ -109,7 +109,7 @@ def record(platform: Platform, project: str, path: str, body: bytes, answer: byt
     if path.endswith("/runs/update"):
         status = str(request.get("status", "")).upper()
         if run_id and status in _FINISHED:
-            info = (response.get("run_info") or {}) if isinstance(response, dict) else {}
+            info = response.get("run_info") or {}
             events.append(
                 RunFinished(
                     project=project,

@@ -58,6 +58,7 @@ from zhongtai_train.tracking import (
     TrackingServer,
     TrackingUnavailable,
     project_of,
+    settings_of,
     tracking,
     workspace_of,
 )
@@ -579,8 +580,6 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
 
 
 def _max_size(platform: Platform) -> int:
-    from zhongtai_train.tracking import settings_of
-
     return settings_of(platform).max_artifact_size
 
 
@@ -593,13 +592,15 @@ def _is_download(path: str, method: str) -> bool:
     return match is not None and path.split("/")[4] == "artifacts"
 
 
+def attachment(path: str) -> str:
+    """``Content-Disposition`` that downloads the file at ``path`` under its own name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.rstrip("/").rsplit("/", 1)[-1])[:200]
+    return f'attachment; filename="{name or "artifact"}"'
+
+
 def _attachment(path: str, headers: dict[str, str]) -> str:
     existing = headers.get("content-disposition", "")
-    if existing.startswith("attachment"):
-        return existing
-    name = path.rstrip("/").rsplit("/", 1)[-1] or "artifact"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200]
-    return f'attachment; filename="{name}"'
+    return existing if existing.startswith("attachment") else attachment(path)
 
 
 PROXY_ROUTES = [mlflow_proxy]
