@@ -7,6 +7,14 @@ What a plugin needs::
 
 from zhongtai.jobs.admission import Admission, AdmissionRequest
 from zhongtai.jobs.context import JobCancelled, JobContext
-from zhongtai.jobs.types import JobType, Resources
+from zhongtai.jobs.types import InvalidParams, JobType, Resources
 
-__all__ = ["Admission", "AdmissionRequest", "JobCancelled", "JobContext", "JobType", "Resources"]
+__all__ = [
+    "Admission",
+    "AdmissionRequest",
+    "InvalidParams",
+    "JobCancelled",
+    "JobContext",
+    "JobType",
+    "Resources",
+]

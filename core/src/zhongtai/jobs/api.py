@@ -42,6 +42,7 @@ from zhongtai.identity.guard import (
 from zhongtai.identity.permissions import JOBS_READ, JOBS_SUBMIT
 from zhongtai.jobs.engine import JobConflict, JobRefused, jobs_engine
 from zhongtai.jobs.models import FINISHED, Job, JobIdempotency, JobLog, JobStatus
+from zhongtai.jobs.types import InvalidParams
 from zhongtai.logs import mask_fields
 from zhongtai.web.pagination import page_for, paginate
 from zhongtai.web.params import PlatformDep
@@ -187,6 +188,8 @@ def submit_job(
                 action="job.submit", target_kind="job", target_id=job.id, project_id=job.project_id
             )
             body = job_dict(job)
+    except InvalidParams as exc:
+        raise _field_error(f"params.{exc.field}", exc.message) from None
     except JobRefused as exc:
         raise TooManyRequestsException(detail=str(exc), headers={"Retry-After": "5"}) from None
     except IntegrityError:

@@ -199,8 +199,11 @@ class JobEngine:
         """Add a job in the caller's transaction; :meth:`dispatch` it after the commit.
 
         Raises:
+            InvalidParams: the job type's ``check`` refused the parameters.
             JobRefused: admission refused it (the transaction should roll back).
         """
+        if job_type.check is not None:
+            job_type.check(self.platform, session, project_id, params)
         now = utcnow()
         job = Job(
             id=new_id(),

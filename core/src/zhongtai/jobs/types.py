@@ -35,10 +35,21 @@ if TYPE_CHECKING:
     from zhongtai.hooks.manager import PluginManager
     from zhongtai.identity.roles import PermissionRegistry
 
-__all__ = ["JobType", "JobTypeRegistry", "Resources", "collect_job_types"]
+__all__ = ["InvalidParams", "JobType", "JobTypeRegistry", "Resources", "collect_job_types"]
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 QUEUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class InvalidParams(ValueError):
+    """Raised by a job type's ``check``: the parameters are well-formed but not
+    acceptable here (an unknown backend, a dataset of another project, more GPUs than
+    the project may use). The API answers 422 naming ``params.<field>``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +85,9 @@ class JobType:
         backoff: seconds before the first retry; doubles each time (capped at one hour).
         resources: what one attempt needs.
         permission: a permission the submitter needs besides ``jobs.submit`` (by name).
+        check: ``check(platform, session, project_id, params)``, called at submission
+            (in its transaction, after the access checks) for what the schema cannot
+            know: raise :class:`InvalidParams` to refuse with 422. Optional.
     """
 
     name: str
@@ -87,12 +101,15 @@ class JobType:
     backoff: float = 10.0
     resources: Resources = dataclasses.field(default_factory=Resources)
     permission: str | None = None
+    check: Callable[..., None] | None = None
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
             raise ValueError(f"job type name {self.name!r} must look like 'plugin.action'")
         if not callable(self.handler):
             raise TypeError(f"job type {self.name}: handler is not callable")
+        if self.check is not None and not callable(self.check):
+            raise TypeError(f"job type {self.name}: check is not callable")
         if not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
             raise TypeError(f"job type {self.name}: params must be a pydantic model class")
         if not QUEUE.match(self.queue):

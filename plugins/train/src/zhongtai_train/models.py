@@ -8,6 +8,9 @@
 - ``train_gpu_samples``: one reading of one GPU (utilization, memory, temperature,
   power), every few seconds; a bounded time series (older than ``gpu_history``
   seconds is deleted).
+- ``train_jobs``: one row per ``train.run`` job: the backend, the handle of the
+  attempt it started (so a worker that takes the job over can stop it), the MLflow run
+  it logs to, and the API key the code was given (revoked when the job ends).
 - ``train_gpu_processes``: the compute processes running on a GPU at a sample, with
   the platform job each belongs to where it is known.
 """
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+import zhongtai.jobs.models  # noqa: F401 - ``jobs``, which train_jobs refers to
 from zhongtai.hooks.events import utcnow
 from zhongtai.metadata.base import Base
 
@@ -78,3 +82,23 @@ class GpuProcess(Base):
     pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     used_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class TrainJob(Base):
+    """What a ``train.run`` job started where, and what it gave the code."""
+
+    __tablename__ = "train_jobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(32), index=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    handle: Mapped[str | None] = mapped_column(Text, nullable=True)  # the backend's
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="preparing")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

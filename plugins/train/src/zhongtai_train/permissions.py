@@ -20,4 +20,10 @@ EXPERIMENT_DELETE = Permission(
     Role.maintainer,
 )
 
-PERMISSIONS = [EXPERIMENT_READ, EXPERIMENT_WRITE, EXPERIMENT_DELETE]
+JOB_RUN = Permission(
+    "train.job.run",
+    "Start training jobs (code, data and compute chosen by the submitter)",
+    Role.developer,
+)
+
+PERMISSIONS = [EXPERIMENT_READ, EXPERIMENT_WRITE, EXPERIMENT_DELETE, JOB_RUN]

@@ -16,6 +16,7 @@ from zhongtai_train.settings import TrainSettings
 
 if TYPE_CHECKING:
     from zhongtai.identity.roles import Permission
+    from zhongtai.jobs import JobType
     from zhongtai.platform import Platform
     from zhongtai.ui import Panel
 
@@ -55,6 +56,14 @@ def register_root_routes() -> dict[str, list[Any]]:
     from zhongtai_train.proxy import PROXY_ROUTES
 
     return {"mlflow": list(PROXY_ROUTES)}
+
+
+@zhongtai.hookimpl
+def register_job_types() -> list[JobType]:
+    """``train.run``: training code on a backend (local, ray, kubernetes, …)."""
+    from zhongtai_train.jobs import TRAIN_RUN
+
+    return [TRAIN_RUN]
 
 
 @zhongtai.hookimpl

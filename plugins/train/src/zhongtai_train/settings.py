@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from zhongtai.settings import PluginSettings
@@ -40,6 +42,33 @@ class TrainSettings(PluginSettings):
         default=6 * 3600,
         ge=60,
         description="Seconds of GPU samples kept per node; older samples are deleted.",
+    )
+    default_backend: str = Field(
+        default="local",
+        max_length=64,
+        description="Backend of a training job that names none: local, ray, kubernetes, or "
+        "any installed under the entry-point group zhongtai_train.backends.",
+    )
+    backend_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Default options per backend (e.g. {ray = {address = "
+        '"http://ray-head:8265"}}); a job\'s backend_options override them key by key.',
+    )
+    job_tracking_uri: str | None = Field(
+        default=None,
+        description="The MLFLOW_TRACKING_URI training code is given. Default: the "
+        "platform's public_url (or http://HOST:PORT) followed by /mlflow. Set it when "
+        "training runs where that address does not reach the platform.",
+    )
+    allow_file_git: bool = Field(
+        default=False,
+        description="Let training jobs clone file:// repositories from the worker's own "
+        "disk (for a single-user machine and tests; off: only https and ssh).",
+    )
+    jobs_dir: str | None = Field(
+        default=None,
+        description="Where a worker checks out the code of training jobs (one folder per "
+        "attempt, removed when it ends). Default: train/jobs under the data directory.",
     )
     gpu_monitoring: bool = Field(
         default=True,

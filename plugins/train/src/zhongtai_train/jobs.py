@@ -1,0 +1,661 @@
+"""``train.run``: a training job, from a commit to a finished MLflow run.
+
+One attempt of the job:
+
+1. **Take over.** If an earlier attempt of the same job started work on a backend (its
+   worker died), that work is cancelled and cleaned up first: a retry never leaves two
+   copies of one training running.
+2. **Code.** Git code is fetched at the requested commit into a private folder
+   (``git init`` + ``git fetch --depth 1 -- <url> <commit>``, an argument list, with
+   ``GIT_ALLOW_PROTOCOL`` limited to https and ssh, and no prompt). An image brings
+   its own code.
+3. **Inputs.** Each dataset version is made available at ``ZT_INPUT_<NAME>``: its
+   files hard-linked (or copied) from the local store into the attempt's folder.
+4. **Tracking.** The experiment is found or created in the project, and a run created
+   with the job's tags and the hyperparameters as parameters. The code gets
+   ``MLFLOW_TRACKING_URI``, ``MLFLOW_RUN_ID``, ``MLFLOW_EXPERIMENT_ID`` and
+   ``MLFLOW_TRACKING_TOKEN``: a platform API key of the job's owner, limited to this
+   project and to reading and writing experiments, that expires with the run's
+   deadline and is revoked when the job ends. ``mlflow.start_run()`` in the code then
+   continues that run; nothing needs configuring.
+5. **Run and watch.** The backend starts the work; its log lines become the job's log
+   (live in the UI and ``logs/stream``), its state the job's. Cancelling the job, or the
+   spec's ``timeout`` passing, stops the work (``DeadlineExceeded``).
+6. **Always**: the key is revoked, the backend cleans up, the folder is removed, and
+   an MLflow run still marked running is ended FINISHED, FAILED or KILLED.
+
+A failed run fails the job with the backend's reason (``exit code 3``,
+``BackoffLimitExceeded``, …); the platform adds no retries of its own (the job type's
+``retries`` is 0; resubmit or ``POST /api/v1/jobs/{id}/retry``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+
+from zhongtai.hooks.events import utcnow
+from zhongtai.jobs import InvalidParams, JobCancelled, JobContext, JobType, Resources
+from zhongtai_train.backends import (
+    NAMESPACE,
+    Backend,
+    BackendError,
+    Distributed,
+    InputMount,
+    Launch,
+    Outcome,
+    Requirements,
+    SpecError,
+)
+from zhongtai_train.models import TrainJob
+from zhongtai_train.permissions import EXPERIMENT_READ, EXPERIMENT_WRITE, JOB_RUN
+from zhongtai_train.spec import GitCode, ImageCode, TrainSpec, relative_path
+from zhongtai_train.tracking import settings_of
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from zhongtai.platform import Platform
+
+__all__ = ["TRAIN_RUN", "backend_class", "backend_options", "run_training"]
+
+log = logging.getLogger("zhongtai.train.jobs")
+
+POLL_SECONDS = 0.5
+GIT_TIMEOUT = 600  # seconds for the checkout
+KEY_MARGIN = timedelta(minutes=15)  # the code's key outlives the deadline by this much
+# A run's own deadline leaves the job (7 days at most) time to stop it and clean up.
+MAX_RUN_SECONDS = 7 * 86_400 - 600
+_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+class TrainFailed(RuntimeError):
+    """The training ended badly; the message is the job's error."""
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The installed backend called ``name``; InvalidParams when there is none."""
+    from zhongtai.drivers import DriverError, load_driver
+
+    try:
+        found = load_driver(NAMESPACE, name)
+    except DriverError as exc:
+        raise InvalidParams("backend", str(exc)) from None
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        raise InvalidParams("backend", f"{name} is not a zhongtai_train backend")
+    return found
+
+
+def backend_options(platform: Platform, cls: type[Backend], given: dict[str, Any]) -> BaseModel:
+    """The backend's options: the setting's defaults for it, then the job's, validated."""
+    for name in sorted(set(given) & cls.operator_options):
+        raise InvalidParams(
+            f"backend_options.{name}",
+            f"only the operator sets this (the setting train.backend_options.{cls.name})",
+        )
+    merged = {**settings_of(platform).backend_options.get(cls.name, {}), **given}
+    try:
+        return cls.options_model.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidParams(
+            f"backend_options.{where}" if where else "backend_options", first["msg"]
+        ) from None
+
+
+def _launch_for_check(spec: TrainSpec, options: BaseModel, job_id: str = "check") -> Launch:
+    """A Launch with what is known before the job runs, for :meth:`Backend.check`."""
+    return Launch(
+        job_id=job_id,
+        project_id="",
+        attempt=0,
+        name=dns_label(f"zt-train-{job_id}"),
+        argv=(*spec.entry_point, *spec.args),
+        env={},
+        secret_env=frozenset(),
+        workdir=Path("/nonexistent") if isinstance(spec.code, GitCode) else None,
+        image=spec.code.image if isinstance(spec.code, ImageCode) else None,
+        requirements=Requirements(
+            spec.resources.cpu, spec.resources.memory_mb, spec.resources.gpus
+        ),
+        distributed=Distributed(spec.distributed.nodes, spec.distributed.procs_per_node),
+        inputs=tuple(
+            InputMount(item.name, item.dataset_version, None, None) for item in spec.inputs
+        ),
+        timeout=spec.timeout or MAX_RUN_SECONDS,
+        options=options,
+    )
+
+
+def check_spec(platform: Platform, session: Session, project_id: str, spec: BaseModel) -> None:
+    """What the schema cannot know, checked at submission (422 naming the field)."""
+    assert isinstance(spec, TrainSpec)
+    settings = settings_of(platform)
+    cls = backend_class(spec.backend or settings.default_backend)
+    options = backend_options(platform, cls, spec.backend_options)
+    git_file = isinstance(spec.code, GitCode) and spec.code.url.startswith("file://")
+    if git_file and not settings.allow_file_git:
+        raise InvalidParams("code.url", "file:// repositories are off (the setting allow_file_git)")
+    if spec.inputs:
+        versions = _input_versions(
+            platform, session, project_id, [i.dataset_version for i in spec.inputs]
+        )
+        for index, item in enumerate(spec.inputs):
+            if item.dataset_version not in versions:
+                raise InvalidParams(
+                    f"inputs.{index}.dataset_version", "no such committed version in this project"
+                )
+        if cls.name != "local":
+            raise InvalidParams(
+                "inputs", f"dataset inputs are not yet supported on the {cls.name} backend"
+            )
+    try:
+        cls(platform).check(_launch_for_check(spec, options))
+    except SpecError as exc:
+        raise InvalidParams(exc.field, exc.message) from None
+
+
+def _input_versions(
+    platform: Platform, session: Session, project_id: str, ids: list[str]
+) -> set[str]:
+    """Which of ``ids`` are committed dataset versions of the project."""
+    record = platform.plugins.get("data")
+    if record is None or not record.loaded:
+        raise InvalidParams("inputs", "dataset inputs need the data plugin")
+    from zhongtai_data.models import Dataset, Version
+
+    found = session.scalars(
+        select(Version.id)
+        .join(Dataset, Dataset.id == Version.dataset_id)
+        .where(Version.id.in_(ids), Dataset.project_id == project_id, Version.status == "committed")
+    )
+    return set(found)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS-1123 label (lower case, digits, '-'; at most 63 characters)."""
+    label = _DNS_LABEL.sub("-", text.lower()).strip("-")[:63].rstrip("-")
+    return label or "zt-train"
+
+
+def jobs_dir(platform: Platform) -> Path:
+    configured = settings_of(platform).jobs_dir
+    return Path(configured) if configured else platform.settings.home / "train" / "jobs"
+
+
+def tracking_uri(platform: Platform) -> str:
+    configured = settings_of(platform).job_tracking_uri
+    return configured or f"{platform.settings.base_url.rstrip('/')}/mlflow"
+
+
+def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
+    """The ``train.run`` handler (see the module's documentation)."""
+    platform = ctx.platform
+    settings = settings_of(platform)
+    cls = backend_class(spec.backend or settings.default_backend)
+    options = backend_options(platform, cls, spec.backend_options)
+    backend = cls(platform)
+    _take_over(platform, ctx, backend)
+    folder = jobs_dir(platform) / ctx.job_id / f"a{ctx.attempt}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    key_id: str | None = None
+    handle: str | None = None
+    run: dict[str, str] | None = None
+    outcome = Outcome("failed", reason="NotStarted", message="the run did not start")
+    try:
+        ctx.progress(0.0, "fetching the code")
+        workdir = _checkout(ctx, spec, folder, settings.allow_file_git)
+        inputs = _materialize_inputs(ctx, spec, folder)
+        timeout = spec.timeout or MAX_RUN_SECONDS
+        key_id, key = _mint_key(platform, ctx, timeout)
+        client = httpx.Client(
+            base_url=f"{tracking_uri(platform)}/api/2.0/mlflow/",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        with client:
+            run = _start_run(ctx, client, spec, cls.name)
+            _save(platform, ctx.job_id, run_id=run["run_id"], experiment_id=run["experiment_id"])
+            env = _environment(platform, ctx, spec, run, key, inputs)
+            launch = Launch(
+                job_id=ctx.job_id,
+                project_id=ctx.project_id,
+                attempt=ctx.attempt,
+                name=dns_label(f"zt-train-{ctx.job_id}"),
+                argv=_argv(spec),
+                env=env,
+                secret_env=frozenset({"MLFLOW_TRACKING_TOKEN"}),
+                workdir=workdir,
+                image=spec.code.image if isinstance(spec.code, ImageCode) else None,
+                requirements=Requirements(
+                    spec.resources.cpu, spec.resources.memory_mb, spec.resources.gpus
+                ),
+                distributed=Distributed(spec.distributed.nodes, spec.distributed.procs_per_node),
+                inputs=inputs,
+                timeout=timeout,
+                options=options,
+            )
+            try:
+                backend.check(launch)
+            except SpecError as exc:
+                raise TrainFailed(f"{exc.field}: {exc.message}") from None
+            ctx.progress(None, f"starting on {cls.name}")
+            handle = backend.submit(launch)
+            _save(platform, ctx.job_id, handle=handle, state="running")
+            ctx.log(f"[zhongtai] started on the {cls.name} backend; MLflow run {run['run_id']}")
+            ctx.progress(None, f"running on {cls.name}")
+            outcome = _watch(ctx, backend, handle, timeout)
+            _end_run(client, run["run_id"], outcome)
+    except JobCancelled:
+        outcome = Outcome("cancelled", reason="Cancelled")
+        raise
+    except BackendError as exc:
+        outcome = Outcome("failed", reason="BackendError", message=str(exc))
+        raise TrainFailed(f"the {cls.name} backend failed: {exc}") from None
+    finally:
+        _finish(platform, ctx, backend, handle, key_id, folder, outcome)
+    if outcome.state == "cancelled":
+        raise JobCancelled()
+    if outcome.state != "succeeded":
+        detail = (
+            f": {outcome.message}" if outcome.message and outcome.message != outcome.reason else ""
+        )
+        raise TrainFailed(f"training failed ({outcome.reason}){detail}")
+    return {
+        "backend": cls.name,
+        "run_id": run["run_id"] if run else None,
+        "experiment_id": run["experiment_id"] if run else None,
+        "state": outcome.state,
+        "exit_code": outcome.exit_code,
+    }
+
+
+def _take_over(platform: Platform, ctx: JobContext, backend: Backend) -> None:
+    """Stop what an earlier attempt of this job left on a backend; record this attempt."""
+    with platform.db.transaction() as session:
+        row = session.get(TrainJob, ctx.job_id)
+        earlier = row.handle if row is not None else None
+        earlier_backend = row.backend if row is not None else None
+        if row is None:
+            row = TrainJob(job_id=ctx.job_id, project_id=ctx.project_id, backend=backend.name)
+            session.add(row)
+        row.backend, row.attempt, row.handle, row.state, row.reason = (
+            backend.name,
+            ctx.attempt,
+            None,
+            "preparing",
+            "",
+        )
+        spec = ctx.params
+        row.gpus = (
+            spec.resources.gpus * spec.distributed.nodes if isinstance(spec, TrainSpec) else 0
+        )
+    if earlier and earlier_backend:
+        ctx.log(f"[zhongtai] stopping what attempt {ctx.attempt - 1} left on {earlier_backend}")
+        try:
+            previous = (
+                backend
+                if earlier_backend == backend.name
+                else backend_class(earlier_backend)(platform)
+            )
+            previous.cancel(earlier)
+            previous.cleanup(earlier)
+        except Exception as exc:
+            ctx.log(f"[zhongtai] could not stop the earlier attempt: {exc}")
+
+
+def _save(platform: Platform, job_id: str, **values: Any) -> None:
+    with platform.db.transaction() as session:
+        row = session.get(TrainJob, job_id)
+        if row is not None:
+            for name, value in values.items():
+                setattr(row, name, value)
+
+
+def _git(ctx: JobContext, args: list[str], cwd: Path, allow_file: bool) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(cwd),
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": "https:ssh:file" if allow_file else "https:ssh",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    }
+    try:
+        done = subprocess.run(  # noqa: S603 - an argument list
+            ["git", *args],  # noqa: S607 - git from PATH, as an operator installed it
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise TrainFailed("git is not installed on the worker") from None
+    except subprocess.TimeoutExpired:
+        raise TrainFailed(f"git {args[0]} took longer than {GIT_TIMEOUT} s") from None
+    for line in (done.stdout + done.stderr).splitlines():
+        ctx.log(f"[git] {line}")
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()
+        raise TrainFailed(f"git {args[0]} failed: {last[-1] if last else done.returncode}")
+
+
+def _checkout(ctx: JobContext, spec: TrainSpec, folder: Path, allow_file: bool) -> Path | None:
+    code = spec.code
+    if not isinstance(code, GitCode):
+        return None
+    if code.url.startswith("file://") and not allow_file:
+        raise TrainFailed("file:// repositories are off (the setting allow_file_git)")
+    repo = folder / "code"
+    repo.mkdir()
+    ctx.log(f"[zhongtai] fetching {code.url} at {code.commit}")
+    _git(ctx, ["init", "--quiet"], repo, allow_file)
+    _git(ctx, ["fetch", "--quiet", "--depth", "1", "--", code.url, code.commit], repo, allow_file)
+    _git(
+        ctx,
+        ["-c", "advice.detachedHead=false", "checkout", "--quiet", "FETCH_HEAD"],
+        repo,
+        allow_file,
+    )
+    workdir = repo / code.subdir if code.subdir else repo
+    if not workdir.resolve().is_relative_to(repo.resolve()) or not workdir.is_dir():
+        raise TrainFailed(f"subdir {code.subdir!r} is not a folder of the repository")
+    return workdir
+
+
+def _materialize_inputs(ctx: JobContext, spec: TrainSpec, folder: Path) -> tuple[InputMount, ...]:
+    if not spec.inputs:
+        return ()
+    from zhongtai_data.models import File
+
+    platform = ctx.platform
+    store = platform.storage
+    mounts = []
+    for item in spec.inputs:
+        target = folder / "inputs" / item.name
+        target.mkdir(parents=True)
+        with platform.db.session() as session:
+            files = list(
+                session.execute(
+                    select(File.path, File.sha256).where(File.version_id == item.dataset_version)
+                ).all()
+            )
+        ctx.log(
+            f"[zhongtai] input {item.name}: {len(files)} files of version {item.dataset_version}"
+        )
+        for path, sha256 in files:
+            relative_path(path, "a dataset file's path")
+            destination = target / path
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            key = f"data/blobs/{sha256[:2]}/{sha256}"
+            local = store.local_path(key)
+            if local is not None:
+                try:
+                    os.link(local, destination)
+                    continue
+                except OSError:
+                    pass
+            with destination.open("wb") as out:
+                for chunk in store.open(key):
+                    out.write(chunk)
+        mounts.append(InputMount(item.name, item.dataset_version, target, None))
+    return tuple(mounts)
+
+
+def _mint_key(platform: Platform, ctx: JobContext, timeout: int) -> tuple[str, str]:
+    """An API key of the job's owner for this project's experiments, until the deadline."""
+    from zhongtai.identity.apikeys import create_api_key
+
+    if ctx.owner_id is None:
+        raise TrainFailed("the job has no owner to act for")
+    with platform.db.transaction() as session:
+        row, key = create_api_key(
+            session,
+            user_id=ctx.owner_id,
+            name=f"train.run {ctx.job_id}",
+            project_id=ctx.project_id,
+            permissions=[EXPERIMENT_READ.name, EXPERIMENT_WRITE.name],
+            expires_at=utcnow() + timedelta(seconds=timeout) + KEY_MARGIN,
+            secret=platform.settings.resolved_secret_key(),
+        )
+        key_id = row.id
+        train_job = session.get(TrainJob, ctx.job_id)
+        if train_job is not None:
+            train_job.api_key_id = key_id
+    return key_id, key
+
+
+def _mlflow(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        answer = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise TrainFailed(f"MLflow at {client.base_url} could not be reached: {exc}") from None
+    if answer.status_code >= 400:
+        raise TrainFailed(f"MLflow {path} answered {answer.status_code}: {answer.text[:300]}")
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _start_run(
+    ctx: JobContext, client: httpx.Client, spec: TrainSpec, backend: str
+) -> dict[str, str]:
+    found = client.get("experiments/get-by-name", params={"experiment_name": spec.experiment})
+    if found.status_code == 200:
+        experiment_id = str(found.json()["experiment"]["experiment_id"])
+    else:
+        made = _mlflow(client, "POST", "experiments/create", json={"name": spec.experiment})
+        experiment_id = str(made["experiment_id"])
+    tags = [
+        {"key": "zhongtai.job_id", "value": ctx.job_id},
+        {"key": "zhongtai.backend", "value": backend},
+        {"key": "mlflow.user", "value": ctx.owner_id or ""},
+    ]
+    if spec.run_name:
+        tags.append({"key": "mlflow.runName", "value": spec.run_name})
+    if isinstance(spec.code, GitCode):
+        tags += [
+            {"key": "mlflow.source.git.repoURL", "value": spec.code.url},
+            {"key": "mlflow.source.git.commit", "value": spec.code.commit},
+        ]
+    else:
+        tags.append({"key": "zhongtai.image", "value": spec.code.image})
+    if spec.inputs:
+        tags.append({"key": "zhongtai.dataset_version", "value": spec.inputs[0].dataset_version})
+    body: dict[str, Any] = {
+        "experiment_id": experiment_id,
+        "start_time": int(time.time() * 1000),
+        "tags": tags,
+    }
+    if spec.run_name:
+        body["run_name"] = spec.run_name
+    made = _mlflow(client, "POST", "runs/create", json=body)
+    run_id = str(made["run"]["info"]["run_id"])
+    if spec.hyperparameters:
+        params = [{"key": k, "value": _param_text(v)} for k, v in spec.hyperparameters.items()]
+        for start in range(0, len(params), 100):
+            _mlflow(
+                client,
+                "POST",
+                "runs/log-batch",
+                json={"run_id": run_id, "params": params[start : start + 100]},
+            )
+    ctx.log(f"[zhongtai] MLflow experiment {experiment_id}, run {run_id}")
+    return {"run_id": run_id, "experiment_id": experiment_id}
+
+
+def _param_text(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _argv(spec: TrainSpec) -> tuple[str, ...]:
+    import sys
+
+    argv = list(spec.entry_point)
+    if isinstance(spec.code, GitCode) and argv[0] == "python":
+        argv[0] = sys.executable  # the worker's interpreter, with mlflow installed
+    argv += spec.args
+    argv += [f"--{name}={_param_text(value)}" for name, value in spec.hyperparameters.items()]
+    return tuple(argv)
+
+
+def _environment(
+    platform: Platform,
+    ctx: JobContext,
+    spec: TrainSpec,
+    run: dict[str, str],
+    key: str,
+    inputs: tuple[InputMount, ...],
+) -> dict[str, str]:
+    import json
+
+    env = dict(spec.env)
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": tracking_uri(platform),
+            "MLFLOW_TRACKING_TOKEN": key,
+            "MLFLOW_RUN_ID": run["run_id"],
+            "MLFLOW_EXPERIMENT_ID": run["experiment_id"],
+            "ZHONGTAI_JOB_ID": ctx.job_id,
+            "ZT_PROJECT_ID": ctx.project_id,
+            "ZT_HYPERPARAMETERS": json.dumps(spec.hyperparameters, sort_keys=True),
+        }
+    )
+    for mount in inputs:
+        where = str(mount.path) if mount.path is not None else mount.uri
+        if where:
+            env[f"ZT_INPUT_{mount.name.upper()}"] = where
+    if spec.distributed.deepspeed_config is not None:
+        env["ZT_DEEPSPEED_CONFIG"] = json.dumps(spec.distributed.deepspeed_config)
+    return env
+
+
+def _watch(ctx: JobContext, backend: Backend, handle: str, timeout: int) -> Outcome:
+    deadline = time.monotonic() + timeout
+    cursor: str | None = None
+
+    def drain() -> None:
+        nonlocal cursor
+        chunk = backend.read_logs(handle, cursor)
+        for line in chunk.lines:
+            ctx.log(line)
+        cursor = chunk.cursor
+
+    state = "pending"
+    while True:
+        drain()
+        outcome = backend.poll(handle)
+        if outcome.state != state:
+            state = outcome.state
+            _save(ctx.platform, ctx.job_id, state=state)
+            if not outcome.final:
+                ctx.progress(None, f"{state} on {backend.name}")
+        if outcome.final:
+            drain()
+            rest = getattr(backend, "read_rest", None)
+            if callable(rest):
+                for line in rest(handle, cursor).lines:
+                    ctx.log(line)
+            return outcome
+        if ctx.cancelled:
+            ctx.log("[zhongtai] cancelled: stopping the run")
+            backend.cancel(handle)
+            drain()
+            return Outcome("cancelled", reason="Cancelled")
+        if time.monotonic() > deadline:
+            ctx.log(f"[zhongtai] the run passed its timeout of {timeout} s: stopping it")
+            backend.cancel(handle)
+            drain()
+            return Outcome(
+                "failed", reason="DeadlineExceeded", message=f"ran longer than {timeout} s"
+            )
+        ctx.wait(POLL_SECONDS)
+
+
+_RUN_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+
+def _end_run(client: httpx.Client, run_id: str, outcome: Outcome) -> None:
+    """End the MLflow run the way the job ended. A run the code already ended keeps its
+    status when the job succeeded; a failed or cancelled job marks it FAILED or KILLED
+    whatever the code said (as ``mlflow run`` does when its entry point exits non-zero)."""
+    status = _RUN_STATUS.get(outcome.state, "FAILED")
+    if status == "FINISHED":
+        found = client.get("runs/get", params={"run_id": run_id})
+        if found.status_code != 200:
+            return
+        if found.json()["run"]["info"].get("status") not in ("RUNNING", "SCHEDULED"):
+            return
+    client.post(
+        "runs/update",
+        json={"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)},
+    )
+
+
+def _finish(
+    platform: Platform,
+    ctx: JobContext,
+    backend: Backend,
+    handle: str | None,
+    key_id: str | None,
+    folder: Path,
+    outcome: Outcome,
+) -> None:
+    from zhongtai.identity.apikeys import revoke_api_key
+
+    if handle is not None:
+        try:
+            if not outcome.final:
+                backend.cancel(handle)
+            backend.cleanup(handle)
+        except Exception:
+            log.warning("job %s: cleaning up on %s failed", ctx.job_id, backend.name, exc_info=True)
+    if key_id is not None:
+        with platform.db.transaction() as session, contextlib.suppress(LookupError):
+            revoke_api_key(session, key_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # the job's folder, once its last attempt's is gone
+    _save(
+        platform,
+        ctx.job_id,
+        state=outcome.state if outcome.final else "failed",
+        reason=outcome.reason,
+    )
+
+
+TRAIN_RUN = JobType(
+    "train.run",
+    run_training,
+    TrainSpec,
+    description="Train: run code on a backend, logging to an MLflow run of the project",
+    queue="train",
+    timeout=7 * 86_400,
+    retries=0,
+    resources=Resources(cpu=1.0, memory_mb=2048, gpus=0),
+    permission=JOB_RUN.name,
+    check=check_spec,
+)
