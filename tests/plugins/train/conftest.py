@@ -7,6 +7,7 @@ tests of one module share one platform; each test makes its own users and projec
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,10 +81,15 @@ def tracked_platform(home: Path, **overrides: Any) -> Iterator[Tracked]:
                 schema="upgrade",
             )
             platform = app.state["platform"]
-            with serve_in_thread(app) as url:
-                tracking(platform).ensure()
-                yield Tracked(url, platform, ZtIdentity(platform), recorder.events)
-            platform.close()
+            try:
+                with serve_in_thread(app) as url:
+                    tracking(platform).ensure()
+                    yield Tracked(url, platform, ZtIdentity(platform), recorder.events)
+            finally:
+                # The plugin's shutdown hook stops MLflow's server; if a broken change
+                # unloaded the plugin, the hook never runs: stop it here all the same.
+                tracking(platform).stop()
+                platform.close()
     finally:
         os.environ.update(saved)
 
@@ -118,3 +124,38 @@ def _database(folder: Path) -> Any:
 def start_tracked() -> Any:
     """:func:`tracked_platform`, for modules that need a platform set up differently."""
     return tracked_platform
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+        },
+    ).stdout.strip()
+
+
+def commit_code(folder: Path, files: dict[str, str]) -> tuple[str, str]:
+    """A git repository in ``folder`` with ``files`` committed: (file:// URL, commit)."""
+    _git(folder, "init", "--quiet")
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    _git(folder, "add", ".")
+    _git(folder, "commit", "--quiet", "-m", "train")
+    return f"file://{folder}", _git(folder, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="session")
+def git_code() -> Any:
+    """:func:`commit_code`: training code in a local git repository, for train.run jobs
+    (their platform needs ``allow_file_git``)."""
+    return commit_code

@@ -5,10 +5,9 @@ gave it, live logs, cancel, failure, timeouts, and the 422s a bad spec gets."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,34 +44,12 @@ if mode == "fail":
 """
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@example.com",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.com",
-        },
-    ).stdout.strip()
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+def repo(tmp_path_factory: pytest.TempPathFactory, git_code: Any) -> tuple[str, str]:
     """A git repository with train.py; (file URL, commit)."""
-    folder = tmp_path_factory.mktemp("code")
-    _git(folder, "init", "--quiet")
-    (folder / "train.py").write_text(TRAIN_PY)
-    (folder / "sub").mkdir()
-    (folder / "sub" / "hello.txt").write_text("hi\n")
-    _git(folder, "add", ".")
-    _git(folder, "commit", "--quiet", "-m", "train")
-    return f"file://{folder}", _git(folder, "rev-parse", "HEAD")
+    return git_code(
+        tmp_path_factory.mktemp("code"), {"train.py": TRAIN_PY, "sub/hello.txt": "hi\n"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +322,263 @@ def test_only_developers_of_the_project_start_training(trainer, repo):
     _stranger, _other, key = _developer(t)
     answer = _submit(t, key, project, _spec(repo))
     assert answer.status_code == 404
+
+
+# --------------------------------------------------------------------------- GPU quotas
+
+
+def _quota(t: Any, key: str, project: Any, method: str = "GET", gpus: int | None = None):
+    return httpx.request(
+        method,
+        f"{t.url}/api/v1/train/quotas/{project.id}",
+        json=None if gpus is None else {"gpus": gpus},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def test_only_project_admins_set_the_gpu_quota_and_strangers_see_nothing(trainer):
+    t = trainer
+    _developer_user, project, key = _developer(t)
+    answer = _quota(t, key, project)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["gpus"] is None
+    assert _quota(t, key, project, "PUT", 2).status_code == 403
+    admin = t.identity.user()
+    t.identity.member(admin, project, "admin")
+    admin_key = t.identity.api_key(admin, project=project)
+    answer = _quota(t, admin_key, project, "PUT", 2)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["gpus"] == 2 and answer.json()["source"] == "project"
+    bad = _quota(t, admin_key, project, "PUT", -1)
+    assert bad.status_code in (400, 422) and "gpus" in bad.text
+    _s, _p, stranger = _developer(t)
+    assert _quota(t, stranger, project).status_code == 404
+    assert _quota(t, stranger, project, "PUT", 100).status_code == 404
+    assert _quota(t, key, project).json()["gpus"] == 2
+
+
+def _set_quota(t: Any, project: Any, gpus: int) -> None:
+    admin = t.identity.user()
+    t.identity.member(admin, project, "admin")
+    assert _quota(t, t.identity.api_key(admin, project=project), project, "PUT", gpus).is_success
+
+
+def test_a_job_over_the_quota_is_refused_and_one_that_must_wait_is_held(trainer, repo, tmp_path):
+    t = trainer
+    _user, project, key = _developer(t)
+    _set_quota(t, project, 1)
+    too_big = _submit(t, key, project, _spec(repo, resources={"gpus": 2}))
+    assert too_big.status_code == 422
+    assert too_big.json()["errors"][0]["field"] == "params.resources.gpus"
+
+    sleeping = {"MODE": "sleep", "PID_FILE": str(tmp_path / "a.json")}
+    first = _submit(
+        t,
+        key,
+        project,
+        _spec(repo, resources={"gpus": 1}, env=sleeping, backend_options={"grace_seconds": 0}),
+    ).json()
+    _wait(t, key, first["id"], {"running"})
+    second = _submit(
+        t,
+        key,
+        project,
+        _spec(repo, resources={"gpus": 1}, env={**sleeping, "PID_FILE": str(tmp_path / "b.json")}),
+    ).json()
+    held = _wait(t, key, second["id"], {"held"}, timeout=10)
+    assert held["status"] == "held", held
+    assert "waiting for GPUs" in held["progress_message"]
+    assert _quota(t, key, project).json()["in_use"] == 1
+    # A job without GPUs is not held by the quota.
+    cpu_only = _submit(t, key, project, _spec(repo, experiment="cpu")).json()
+    assert _wait(t, key, cpu_only["id"], {"succeeded", "failed"})["status"] == "succeeded"
+
+    # When the GPU is free, the held job starts.
+    httpx.post(
+        f"{t.url}/api/v1/jobs/{first['id']}/cancel", headers={"Authorization": f"Bearer {key}"}
+    )
+    started = _wait(t, key, second["id"], {"running", "succeeded", "failed"}, timeout=60)
+    assert started["status"] == "running", started
+    httpx.post(
+        f"{t.url}/api/v1/jobs/{second['id']}/cancel", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert _wait(t, key, second["id"], {"cancelled"})["status"] == "cancelled"
+
+
+def test_raising_the_quota_starts_held_jobs_at_once(trainer, repo, tmp_path):
+    t = trainer
+    _user, project, key = _developer(t)
+    _set_quota(t, project, 1)
+    sleeping = {"MODE": "sleep", "PID_FILE": str(tmp_path / "a.json")}
+    options = {"grace_seconds": 0}
+    first = _submit(
+        t, key, project, _spec(repo, resources={"gpus": 1}, env=sleeping, backend_options=options)
+    ).json()
+    _wait(t, key, first["id"], {"running"})
+    second = _submit(
+        t,
+        key,
+        project,
+        _spec(
+            repo,
+            resources={"gpus": 1},
+            env={**sleeping, "PID_FILE": str(tmp_path / "b.json")},
+            backend_options=options,
+        ),
+    ).json()
+    assert _wait(t, key, second["id"], {"held"}, timeout=10)["status"] == "held"
+    _set_quota(t, project, 2)
+    assert _wait(t, key, second["id"], {"running"}, timeout=30)["status"] == "running"
+    for job in (first, second):
+        httpx.post(
+            f"{t.url}/api/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert _wait(t, key, job["id"], {"cancelled"})["status"] == "cancelled"
+
+
+def test_backends_are_listed_with_their_options(trainer):
+    t = trainer
+    _user, _project, key = _developer(t)
+    body = httpx.get(
+        f"{t.url}/api/v1/train/backends", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    by_name = {item["name"]: item for item in body["items"]}
+    assert body["default"] == "local"
+    assert {"local", "ray", "kubernetes"} <= set(by_name)
+    assert "grace_seconds" in by_name["local"]["options_schema"]["properties"]
+    assert by_name["ray"]["operator_options"] == ["address"]
+    assert "kubeconfig" in by_name["kubernetes"]["operator_options"]
+
+
+def test_operator_options_cannot_come_from_a_job(trainer, repo):
+    t = trainer
+    _user, project, key = _developer(t)
+    answer = _submit(
+        t,
+        key,
+        project,
+        _spec(repo, backend="ray", backend_options={"address": "http://evil.example:8265"}),
+    )
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "params.backend_options.address"
+
+
+# --------------------------------------------------------------------------- the wizard
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+@contextmanager
+def _browser(t: Any, user: Any) -> Iterator[httpx.Client]:
+    """An HTTP client signed in to the UI as ``user`` (session cookie)."""
+    from zhongtai.testing import ZtIdentity
+
+    with httpx.Client(base_url=t.url, timeout=60) as client:
+        yield _sign_in(client, user, ZtIdentity.DEFAULT_PASSWORD)
+
+
+def _sign_in(client: httpx.Client, user: Any, password: str) -> httpx.Client:
+    form = client.get("/ui/login")
+    done = client.post(
+        "/ui/login",
+        data={
+            "email": user.email,
+            "password": password,
+            "csrf_token": _csrf(form.text),
+        },
+    )
+    assert done.status_code == 303, done.text[:500]
+    return client
+
+
+def _csrf(page: str) -> str:
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page[:1000]
+    return found.group(1)
+
+
+def _fields(page: str) -> dict[str, str]:
+    """The hidden fields a wizard page carries to the next step."""
+    import html
+    import re
+
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(
+            r'<input type="hidden" name="([a-z_0-9]+)" value="([^"]*)"', page
+        )
+    }
+
+
+def test_the_wizard_validates_each_step_shows_the_request_and_runs(trainer, repo):
+    import html
+
+    t = trainer
+    user, project, key = _developer(t)
+    with _browser(t, user) as browser:
+        page = browser.get(f"/ui/train/new?project={project.id}")
+        assert page.status_code == 200 and "data-step-code" in page.text
+        where = f"/ui/train/new?project={project.id}"
+        # Step 1 with a transport git would run: refused, on step 1, next to the field.
+        form = {
+            **_fields(page.text),
+            "csrf_token": _csrf(page.text),
+            "step": "0",
+            "action": "next",
+            "code_kind": "git",
+            "git_url": "ext::sh -c touch% /tmp/x",
+            "git_commit": repo[1],
+            "entry_point": "python\ntrain.py",
+            "args": f"--note\n{HOSTILE}",
+        }
+        page = browser.post(where, data=form)
+        assert "data-step-code" in page.text and 'id="git_url-error"' in page.text
+        form["git_url"] = repo[0]
+        page = browser.post(where, data=form)
+        assert "data-step-data" in page.text, page.text[:2000]
+        # Step 2: a version that is not this project's cannot be picked (no data plugin).
+        form = {**_fields(page.text), "csrf_token": _csrf(page.text), "action": "next"}
+        page = browser.post(where, data=form)
+        assert "data-step-resources" in page.text
+        # Step 3: bad hyperparameter syntax and a reserved variable are caught here.
+        form = {
+            **_fields(page.text),
+            "csrf_token": _csrf(page.text),
+            "action": "next",
+            "hyperparameters": "lr 0.1",
+            "env": "MODE=ok",
+            "experiment": "wizard",
+            "run_name": HOSTILE,
+            "gpus": "0",
+        }
+        page = browser.post(where, data=form)
+        assert "data-step-resources" in page.text and 'id="hyperparameters-error"' in page.text
+        form["hyperparameters"] = "lr=0.5\nlayers=3"
+        page = browser.post(where, data={**form, "csrf_token": _csrf(page.text)})
+        assert "data-step-review" in page.text, page.text[:3000]
+        # The review shows the exact request, with hostile text escaped.
+        assert HOSTILE not in page.text
+        shown = html.unescape(page.text.split("data-request-json>")[1].split("</pre>")[0])
+        request = json.loads(shown)
+        assert request["type"] == "train.run" and request["project"] == project.id
+        assert request["params"]["hyperparameters"] == {"lr": 0.5, "layers": 3}
+        assert request["params"]["args"] == ["--note", HOSTILE]
+        # Run: a job is submitted and the page follows it.
+        form = {**_fields(page.text), "csrf_token": _csrf(page.text), "action": "run"}
+        done = browser.post(where, data=form)
+        assert done.status_code == 303, done.text[:2000]
+        assert done.headers["location"].startswith("/ui/train/jobs/")
+        job_id = done.headers["location"].split("/")[-1].split("?")[0]
+        job = _wait(t, key, job_id, {"succeeded", "failed"})
+        assert job["status"] == "succeeded", _logs(t, key, job_id)
+        page = browser.get(done.headers["location"])
+        assert page.status_code == 200
+        assert f"/api/v1/jobs/{job_id}/logs/stream" in page.text
+        assert "data-run-live" in page.text and HOSTILE not in page.text
+        # Someone of another project gets nothing.
+        stranger, _other, _k = _developer(t)
+        with _browser(t, stranger) as other:
+            assert other.get(f"/ui/train/jobs/{job_id}").status_code == 404

@@ -38,6 +38,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,7 @@ from zhongtai_train.backends import (
 )
 from zhongtai_train.models import TrainJob
 from zhongtai_train.permissions import EXPERIMENT_READ, EXPERIMENT_WRITE, JOB_RUN
-from zhongtai_train.spec import GitCode, ImageCode, TrainSpec, relative_path
+from zhongtai_train.spec import ArchiveCode, GitCode, ImageCode, TrainSpec, relative_path
 from zhongtai_train.tracking import settings_of
 
 if TYPE_CHECKING:
@@ -69,7 +70,16 @@ if TYPE_CHECKING:
 
     from zhongtai.platform import Platform
 
-__all__ = ["TRAIN_RUN", "backend_class", "backend_options", "run_training"]
+__all__ = [
+    "TRAIN_RUN",
+    "Attempt",
+    "TrainFailed",
+    "backend_attempt",
+    "backend_class",
+    "backend_options",
+    "raise_unless_succeeded",
+    "run_training",
+]
 
 log = logging.getLogger("zhongtai.train.jobs")
 
@@ -129,7 +139,7 @@ def _launch_for_check(spec: TrainSpec, options: BaseModel, job_id: str = "check"
         argv=(*spec.entry_point, *spec.args),
         env={},
         secret_env=frozenset(),
-        workdir=Path("/nonexistent") if isinstance(spec.code, GitCode) else None,
+        workdir=None if isinstance(spec.code, ImageCode) else Path("/nonexistent"),
         image=spec.code.image if isinstance(spec.code, ImageCode) else None,
         requirements=Requirements(
             spec.resources.cpu, spec.resources.memory_mb, spec.resources.gpus
@@ -152,6 +162,11 @@ def check_spec(platform: Platform, session: Session, project_id: str, spec: Base
     git_file = isinstance(spec.code, GitCode) and spec.code.url.startswith("file://")
     if git_file and not settings.allow_file_git:
         raise InvalidParams("code.url", "file:// repositories are off (the setting allow_file_git)")
+    from zhongtai_train.quotas import check_gpus
+
+    check_gpus(platform, session, project_id, spec)
+    if isinstance(spec.code, ArchiveCode):
+        _check_archive(platform, session, project_id, spec.code)
     if spec.inputs:
         versions = _input_versions(
             platform, session, project_id, [i.dataset_version for i in spec.inputs]
@@ -171,13 +186,31 @@ def check_spec(platform: Platform, session: Session, project_id: str, spec: Base
         raise InvalidParams(exc.field, exc.message) from None
 
 
+def _check_archive(
+    platform: Platform, session: Session, project_id: str, code: ArchiveCode
+) -> None:
+    if code.dataset_version not in _input_versions(
+        platform, session, project_id, [code.dataset_version], field="code"
+    ):
+        raise InvalidParams("code.dataset_version", "no such committed version in this project")
+    from zhongtai_data.models import File
+
+    found = session.scalar(
+        select(File.id).where(File.version_id == code.dataset_version, File.path == code.path)
+    )
+    if found is None:
+        raise InvalidParams("code.path", "no such file in the version")
+    if not code.path.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise InvalidParams("code.path", "must be a .zip, .tar or .tar.gz archive")
+
+
 def _input_versions(
-    platform: Platform, session: Session, project_id: str, ids: list[str]
+    platform: Platform, session: Session, project_id: str, ids: list[str], field: str = "inputs"
 ) -> set[str]:
     """Which of ``ids`` are committed dataset versions of the project."""
     record = platform.plugins.get("data")
     if record is None or not record.loaded:
-        raise InvalidParams("inputs", "dataset inputs need the data plugin")
+        raise InvalidParams(field, "datasets need the data plugin")
     from zhongtai_data.models import Dataset, Version
 
     found = session.scalars(
@@ -213,27 +246,15 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
     settings = settings_of(platform)
     cls = backend_class(spec.backend or settings.default_backend)
     options = backend_options(platform, cls, spec.backend_options)
-    backend = cls(platform)
-    _take_over(platform, ctx, backend)
-    folder = jobs_dir(platform) / ctx.job_id / f"a{ctx.attempt}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, mode=0o700)
-    key_id: str | None = None
-    handle: str | None = None
     run: dict[str, str] | None = None
-    outcome = Outcome("failed", reason="NotStarted", message="the run did not start")
-    try:
+    gpus = spec.resources.gpus * spec.distributed.nodes
+    with backend_attempt(ctx, cls(platform), gpus=gpus) as attempt:
         ctx.progress(0.0, "fetching the code")
-        workdir = _checkout(ctx, spec, folder, settings.allow_file_git)
-        inputs = _materialize_inputs(ctx, spec, folder)
+        workdir = _checkout(ctx, spec, attempt.folder, settings.allow_file_git)
+        inputs = _materialize_inputs(ctx, spec, attempt.folder)
         timeout = spec.timeout or MAX_RUN_SECONDS
-        key_id, key = _mint_key(platform, ctx, timeout)
-        client = httpx.Client(
-            base_url=f"{tracking_uri(platform)}/api/2.0/mlflow/",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-        )
-        with client:
+        key = attempt.mint_key(timeout)
+        with attempt.mlflow_client(key) as client:
             run = _start_run(ctx, client, spec, cls.name)
             _save(platform, ctx.job_id, run_id=run["run_id"], experiment_id=run["experiment_id"])
             env = _environment(platform, ctx, spec, run, key, inputs)
@@ -255,32 +276,9 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
                 timeout=timeout,
                 options=options,
             )
-            try:
-                backend.check(launch)
-            except SpecError as exc:
-                raise TrainFailed(f"{exc.field}: {exc.message}") from None
-            ctx.progress(None, f"starting on {cls.name}")
-            handle = backend.submit(launch)
-            _save(platform, ctx.job_id, handle=handle, state="running")
-            ctx.log(f"[zhongtai] started on the {cls.name} backend; MLflow run {run['run_id']}")
-            ctx.progress(None, f"running on {cls.name}")
-            outcome = _watch(ctx, backend, handle, timeout)
-            _end_run(client, run["run_id"], outcome)
-    except JobCancelled:
-        outcome = Outcome("cancelled", reason="Cancelled")
-        raise
-    except BackendError as exc:
-        outcome = Outcome("failed", reason="BackendError", message=str(exc))
-        raise TrainFailed(f"the {cls.name} backend failed: {exc}") from None
-    finally:
-        _finish(platform, ctx, backend, handle, key_id, folder, outcome)
-    if outcome.state == "cancelled":
-        raise JobCancelled()
-    if outcome.state != "succeeded":
-        detail = (
-            f": {outcome.message}" if outcome.message and outcome.message != outcome.reason else ""
-        )
-        raise TrainFailed(f"training failed ({outcome.reason}){detail}")
+            attempt.run(launch, client, run["run_id"])
+    outcome = attempt.outcome
+    raise_unless_succeeded(outcome, "training")
     return {
         "backend": cls.name,
         "run_id": run["run_id"] if run else None,
@@ -290,7 +288,87 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
     }
 
 
-def _take_over(platform: Platform, ctx: JobContext, backend: Backend) -> None:
+class Attempt:
+    """One attempt of a job that runs a process on a backend with an MLflow run:
+    ``train.run`` and ``train.evaluate`` alike. Made by :func:`backend_attempt`, which
+    always cleans up after it (see :func:`_finish`)."""
+
+    def __init__(self, ctx: JobContext, backend: Backend, folder: Path) -> None:
+        self.ctx = ctx
+        self.backend = backend
+        #: The attempt's private folder (removed when it ends).
+        self.folder = folder
+        self.key_id: str | None = None
+        self.handle: str | None = None
+        self.outcome = Outcome("failed", reason="NotStarted", message="the run did not start")
+
+    def mint_key(self, timeout: int) -> str:
+        """An API key of the job's owner for the project's experiments (revoked at the end)."""
+        self.key_id, key = _mint_key(self.ctx.platform, self.ctx, timeout)
+        return key
+
+    def mlflow_client(self, key: str) -> httpx.Client:
+        """A client of the platform's MLflow REST API (``…/api/2.0/mlflow/``) with ``key``."""
+        return httpx.Client(
+            base_url=f"{tracking_uri(self.ctx.platform)}/api/2.0/mlflow/",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+
+    def run(self, launch: Launch, client: httpx.Client, run_id: str) -> Outcome:
+        """Start ``launch`` on the backend, follow it to its end (its log lines become
+        the job's), and end the MLflow run ``run_id`` the way it ended."""
+        ctx, backend = self.ctx, self.backend
+        try:
+            backend.check(launch)
+        except SpecError as exc:
+            raise TrainFailed(f"{exc.field}: {exc.message}") from None
+        ctx.progress(None, f"starting on {backend.name}")
+        self.handle = backend.submit(launch)
+        _save(ctx.platform, ctx.job_id, handle=self.handle, state="running")
+        ctx.log(f"[zhongtai] started on the {backend.name} backend; MLflow run {run_id}")
+        ctx.progress(None, f"running on {backend.name}")
+        self.outcome = _watch(ctx, backend, self.handle, launch.timeout)
+        _end_run(client, run_id, self.outcome)
+        return self.outcome
+
+
+@contextlib.contextmanager
+def backend_attempt(ctx: JobContext, backend: Backend, *, gpus: int = 0) -> Iterator[Attempt]:
+    """Take over from an earlier attempt, make the attempt's folder, and whatever
+    happens inside the block: revoke the key, clean up on the backend, remove the
+    folder and record the outcome. A :class:`BackendError` fails the job with
+    :class:`TrainFailed`. ``gpus`` is what the attempt holds, all nodes together."""
+    platform = ctx.platform
+    _take_over(platform, ctx, backend, gpus)
+    folder = jobs_dir(platform) / ctx.job_id / f"a{ctx.attempt}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    attempt = Attempt(ctx, backend, folder)
+    try:
+        yield attempt
+    except JobCancelled:
+        attempt.outcome = Outcome("cancelled", reason="Cancelled")
+        raise
+    except BackendError as exc:
+        attempt.outcome = Outcome("failed", reason="BackendError", message=str(exc))
+        raise TrainFailed(f"the {backend.name} backend failed: {exc}") from None
+    finally:
+        _finish(platform, ctx, backend, attempt.handle, attempt.key_id, folder, attempt.outcome)
+
+
+def raise_unless_succeeded(outcome: Outcome, what: str) -> None:
+    """JobCancelled for a cancelled run, TrainFailed naming ``what`` for a failed one."""
+    if outcome.state == "cancelled":
+        raise JobCancelled()
+    if outcome.state != "succeeded":
+        detail = (
+            f": {outcome.message}" if outcome.message and outcome.message != outcome.reason else ""
+        )
+        raise TrainFailed(f"{what} failed ({outcome.reason}){detail}")
+
+
+def _take_over(platform: Platform, ctx: JobContext, backend: Backend, gpus: int) -> None:
     """Stop what an earlier attempt of this job left on a backend; record this attempt."""
     with platform.db.transaction() as session:
         row = session.get(TrainJob, ctx.job_id)
@@ -306,10 +384,7 @@ def _take_over(platform: Platform, ctx: JobContext, backend: Backend) -> None:
             "preparing",
             "",
         )
-        spec = ctx.params
-        row.gpus = (
-            spec.resources.gpus * spec.distributed.nodes if isinstance(spec, TrainSpec) else 0
-        )
+        row.gpus = gpus
     if earlier and earlier_backend:
         ctx.log(f"[zhongtai] stopping what attempt {ctx.attempt - 1} left on {earlier_backend}")
         try:
@@ -364,6 +439,8 @@ def _git(ctx: JobContext, args: list[str], cwd: Path, allow_file: bool) -> None:
 
 def _checkout(ctx: JobContext, spec: TrainSpec, folder: Path, allow_file: bool) -> Path | None:
     code = spec.code
+    if isinstance(code, ArchiveCode):
+        return _unpack(ctx, code, folder)
     if not isinstance(code, GitCode):
         return None
     if code.url.startswith("file://") and not allow_file:
@@ -382,6 +459,52 @@ def _checkout(ctx: JobContext, spec: TrainSpec, folder: Path, allow_file: bool) 
     workdir = repo / code.subdir if code.subdir else repo
     if not workdir.resolve().is_relative_to(repo.resolve()) or not workdir.is_dir():
         raise TrainFailed(f"subdir {code.subdir!r} is not a folder of the repository")
+    return workdir
+
+
+def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
+    """Expand the code archive into ``folder/code``; refuse it whole if any entry is
+    unsafe (the data plugin's checks: paths, links, sizes, compression ratios)."""
+    from zhongtai_data.archives import ArchiveRejected, detect, extract
+    from zhongtai_data.models import File
+
+    platform = ctx.platform
+    with platform.db.session() as session:
+        sha256 = session.scalar(
+            select(File.sha256).where(
+                File.version_id == code.dataset_version, File.path == code.path
+            )
+        )
+    if sha256 is None:
+        raise TrainFailed(f"{code.path} is no longer in version {code.dataset_version}")
+    archive = folder / "code.archive"
+    with archive.open("wb") as out:
+        for chunk in platform.storage.open(f"data/blobs/{sha256[:2]}/{sha256}"):
+            out.write(chunk)
+    with archive.open("rb") as fh:
+        kind = detect(code.path, fh.read(64 * 1024))
+    if kind is None:
+        raise TrainFailed(f"{code.path} is not a zip, tar or tar.gz archive")
+    repo = folder / "code"
+    repo.mkdir()
+
+    def write(member: Any, stream: Any) -> None:
+        target = repo / member.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("xb") as out:
+            shutil.copyfileobj(stream, out, 1024 * 1024)
+
+    ctx.log(f"[zhongtai] unpacking {code.path} of version {code.dataset_version}")
+    try:
+        members = extract(archive, kind, write)
+    except ArchiveRejected as exc:
+        raise TrainFailed(f"the code archive was refused: {exc}") from None
+    finally:
+        archive.unlink(missing_ok=True)
+    ctx.log(f"[zhongtai] {len(members)} files")
+    workdir = repo / code.subdir if code.subdir else repo
+    if not workdir.resolve().is_relative_to(repo.resolve()) or not workdir.is_dir():
+        raise TrainFailed(f"subdir {code.subdir!r} is not a folder of the archive")
     return workdir
 
 
@@ -434,7 +557,7 @@ def _mint_key(platform: Platform, ctx: JobContext, timeout: int) -> tuple[str, s
         row, key = create_api_key(
             session,
             user_id=ctx.owner_id,
-            name=f"train.run {ctx.job_id}",
+            name=f"{ctx.job_type} {ctx.job_id}",
             project_id=ctx.project_id,
             permissions=[EXPERIMENT_READ.name, EXPERIMENT_WRITE.name],
             expires_at=utcnow() + timedelta(seconds=timeout) + KEY_MARGIN,
@@ -479,10 +602,18 @@ def _start_run(
             {"key": "mlflow.source.git.repoURL", "value": spec.code.url},
             {"key": "mlflow.source.git.commit", "value": spec.code.commit},
         ]
+    elif isinstance(spec.code, ArchiveCode):
+        tags.append(
+            {
+                "key": "zhongtai.code_archive",
+                "value": f"{spec.code.dataset_version}:{spec.code.path}",
+            }
+        )
     else:
         tags.append({"key": "zhongtai.image", "value": spec.code.image})
     if spec.inputs:
-        tags.append({"key": "zhongtai.dataset_version", "value": spec.inputs[0].dataset_version})
+        versions = ",".join(item.dataset_version for item in spec.inputs)
+        tags.append({"key": "zhongtai.dataset_version", "value": versions})
     body: dict[str, Any] = {
         "experiment_id": experiment_id,
         "start_time": int(time.time() * 1000),
@@ -515,7 +646,7 @@ def _argv(spec: TrainSpec) -> tuple[str, ...]:
     import sys
 
     argv = list(spec.entry_point)
-    if isinstance(spec.code, GitCode) and argv[0] == "python":
+    if isinstance(spec.code, GitCode | ArchiveCode) and argv[0] == "python":
         argv[0] = sys.executable  # the worker's interpreter, with mlflow installed
     argv += spec.args
     argv += [f"--{name}={_param_text(value)}" for name, value in spec.hyperparameters.items()]

@@ -8,9 +8,12 @@
 - ``train_gpu_samples``: one reading of one GPU (utilization, memory, temperature,
   power), every few seconds; a bounded time series (older than ``gpu_history``
   seconds is deleted).
-- ``train_jobs``: one row per ``train.run`` job: the backend, the handle of the
-  attempt it started (so a worker that takes the job over can stop it), the MLflow run
-  it logs to, and the API key the code was given (revoked when the job ends).
+- ``train_jobs``: one row per ``train.run`` or ``train.evaluate`` job: the backend, the
+  handle of the attempt it started (so a worker that takes the job over can stop it),
+  the MLflow run it logs to, and the API key the code was given (revoked when the job
+  ends).
+- ``train_gpu_quotas``: a project's limit on GPUs its training jobs may hold at once
+  (no row: the setting ``gpu_quota``).
 - ``train_gpu_processes``: the compute processes running on a GPU at a sample, with
   the platform job each belongs to where it is known.
 """
@@ -22,6 +25,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+import zhongtai.identity.models
 import zhongtai.jobs.models  # noqa: F401 - ``jobs``, which train_jobs refers to
 from zhongtai.hooks.events import utcnow
 from zhongtai.metadata.base import Base
@@ -101,4 +105,17 @@ class TrainJob(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class GpuQuota(Base):
+    """How many GPUs a project's running training jobs may hold together."""
+
+    __tablename__ = "train_gpu_quotas"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpus: Mapped[int] = mapped_column(Integer)
+    updated_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -26,4 +26,10 @@ JOB_RUN = Permission(
     Role.developer,
 )
 
-PERMISSIONS = [EXPERIMENT_READ, EXPERIMENT_WRITE, EXPERIMENT_DELETE, JOB_RUN]
+QUOTA_MANAGE = Permission(
+    "train.quota.manage",
+    "Set the project's GPU quota (how many GPUs its training jobs may hold at once)",
+    Role.admin,
+)
+
+PERMISSIONS = [EXPERIMENT_READ, EXPERIMENT_WRITE, EXPERIMENT_DELETE, JOB_RUN, QUOTA_MANAGE]

@@ -10,19 +10,28 @@ import zhongtai
 
 # The tables, as soon as the plugin loads: the core checks their names and Alembic's
 # autogenerate sees them.
-from zhongtai_train import models  # noqa: F401
+from zhongtai_train import evaluation_models, models  # noqa: F401
 from zhongtai_train.permissions import PERMISSIONS
 from zhongtai_train.settings import TrainSettings
 
 if TYPE_CHECKING:
+    from zhongtai.hooks.events import Event
     from zhongtai.identity.roles import Permission
-    from zhongtai.jobs import JobType
+    from zhongtai.jobs import Admission, AdmissionRequest, JobType
     from zhongtai.platform import Platform
     from zhongtai.ui import Panel
 
 log = logging.getLogger("zhongtai.train")
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
+
+
+@zhongtai.hookimpl
+def register_hookspecs() -> list[object]:
+    """``register_evaluators``: other plugins add evaluators for ``train.evaluate``."""
+    from zhongtai_train.hookspecs import EvaluationHooks
+
+    return [EvaluationHooks]
 
 
 @zhongtai.hookimpl
@@ -45,9 +54,12 @@ def register_migrations() -> Path:
 def register_routes() -> list[Any]:
     """``/api/v1/train/experiments``, ``…/runs``, ``…/gpus``."""
     from zhongtai_train.api import ROUTES
+    from zhongtai_train.evaluate import EVALUATION_ROUTES
     from zhongtai_train.gpus import GPU_ROUTES
+    from zhongtai_train.quotas import QUOTA_ROUTES
+    from zhongtai_train.sweep import SWEEP_ROUTES
 
-    return [*ROUTES, *GPU_ROUTES]
+    return [*ROUTES, *GPU_ROUTES, *QUOTA_ROUTES, *SWEEP_ROUTES, *EVALUATION_ROUTES]
 
 
 @zhongtai.hookimpl
@@ -60,18 +72,42 @@ def register_root_routes() -> dict[str, list[Any]]:
 
 @zhongtai.hookimpl
 def register_job_types() -> list[JobType]:
-    """``train.run``: training code on a backend (local, ray, kubernetes, …)."""
+    """``train.run``: training code on a backend (local, ray, kubernetes, …);
+    ``train.sweep``: a hyperparameter search whose trials are ``train.run`` jobs;
+    ``train.evaluate``: a run's model scored on a dataset version."""
+    from zhongtai_train.evaluate import TRAIN_EVALUATE
     from zhongtai_train.jobs import TRAIN_RUN
+    from zhongtai_train.sweep import TRAIN_SWEEP
 
-    return [TRAIN_RUN]
+    return [TRAIN_RUN, TRAIN_SWEEP, TRAIN_EVALUATE]
+
+
+@zhongtai.hookimpl
+def admit_job(request: AdmissionRequest, platform: Platform) -> Admission | None:
+    """GPU quotas: a training job that would take its project over waits as held."""
+    from zhongtai_train.quotas import admit
+
+    return admit(request, platform)
+
+
+@zhongtai.hookimpl
+def on_event(event: Event, platform: Platform) -> None:
+    """Evaluate successful training jobs of the experiments the setting
+    ``evaluate_after_training`` names."""
+    from zhongtai_train.evaluate import on_event as evaluate_after_training
+
+    evaluate_after_training(event, platform)
 
 
 @zhongtai.hookimpl
 def register_panels() -> list[Panel]:
+    from zhongtai_train.evaluate import EVALUATION_PANELS
     from zhongtai_train.gpus import GPU_PANELS
     from zhongtai_train.panels import PANELS
+    from zhongtai_train.sweep import SWEEP_PANELS
+    from zhongtai_train.wizard import WIZARD_PANELS
 
-    return [*PANELS, *GPU_PANELS]
+    return [*PANELS, *WIZARD_PANELS, *GPU_PANELS, *SWEEP_PANELS, *EVALUATION_PANELS]
 
 
 @zhongtai.hookimpl

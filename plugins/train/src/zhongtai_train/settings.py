@@ -70,6 +70,19 @@ class TrainSettings(PluginSettings):
         description="Where a worker checks out the code of training jobs (one folder per "
         "attempt, removed when it ends). Default: train/jobs under the data directory.",
     )
+    gpu_quota: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="GPUs the running training jobs of a project may hold together, for "
+        "projects without a quota of their own (none: no limit). A job over it waits as "
+        "held; a job asking for more than its project's quota is refused.",
+    )
+    evaluate_after_training: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Experiment name -> an evaluation (train.evaluate params without "
+        "run_id) to run after every successful training job of that experiment.",
+    )
     gpu_monitoring: bool = Field(
         default=True,
         description="Sample this node's NVIDIA GPUs in the server and in each worker.",

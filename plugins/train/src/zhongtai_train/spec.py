@@ -13,10 +13,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 __all__ = [
     "RESERVED_ENV",
+    "ArchiveCode",
     "Code",
     "DistributedSpec",
     "GitCode",
@@ -90,6 +98,22 @@ def relative_path(value: str, what: str) -> str:
     return value
 
 
+def _version_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError("must be a dataset version id")
+    return value
+
+
+def _folder(value: str) -> str:
+    return relative_path(value, "subdir")
+
+
+#: A dataset version's id.
+VersionId = Annotated[str, Field(max_length=32), AfterValidator(_version_id)]
+#: A folder inside the code to run from.
+Subdir = Annotated[str, Field(max_length=1024), AfterValidator(_folder)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,9 +124,7 @@ class GitCode(_Strict):
     kind: Literal["git"]
     url: str = Field(max_length=2000, description="https://…, ssh://… or user@host:path")
     commit: str = Field(max_length=200, description="a commit hash, tag or branch")
-    subdir: str | None = Field(
-        default=None, max_length=1024, description="run from this folder of the repository"
-    )
+    subdir: Subdir | None = Field(default=None, description="run from this folder of it")
 
     @field_validator("url")
     @classmethod
@@ -121,10 +143,21 @@ class GitCode(_Strict):
             raise ValueError("must be a commit hash, tag or branch name")
         return value
 
-    @field_validator("subdir")
+
+class ArchiveCode(_Strict):
+    """Code uploaded as an archive (zip, tar, tar.gz): a file of a committed dataset
+    version of the project, expanded safely (no path out of the folder, no links, no
+    bombs) into the run's folder."""
+
+    kind: Literal["archive"]
+    dataset_version: VersionId = Field(description="the version holding it")
+    path: str = Field(max_length=1024, description="the archive's path in the version")
+    subdir: Subdir | None = Field(default=None, description="run from this folder of it")
+
+    @field_validator("path")
     @classmethod
-    def _subdir(cls, value: str | None) -> str | None:
-        return None if value is None else relative_path(value, "subdir")
+    def _path(cls, value: str) -> str:
+        return relative_path(value, "path")
 
 
 class ImageCode(_Strict):
@@ -141,7 +174,7 @@ class ImageCode(_Strict):
         return value
 
 
-Code = Annotated[GitCode | ImageCode, Field(discriminator="kind")]
+Code = Annotated[GitCode | ArchiveCode | ImageCode, Field(discriminator="kind")]
 
 
 class ResourcesSpec(_Strict):
@@ -167,20 +200,13 @@ class InputSpec(_Strict):
     """A dataset version the code reads, found at ``ZT_INPUT_<NAME>``."""
 
     name: str = Field(max_length=32)
-    dataset_version: str = Field(max_length=32, description="the version's id")
+    dataset_version: VersionId = Field(description="the version's id")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not _INPUT_NAME.match(value):
             raise ValueError("must be lower-case letters, digits and '_', starting with a letter")
-        return value
-
-    @field_validator("dataset_version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError("must be a dataset version id")
         return value
 
 
@@ -195,8 +221,8 @@ class TrainSpec(_Strict):
         default_factory=lambda: ["python", "train.py"],
         min_length=1,
         max_length=MAX_ARGS,
-        description="the command, as an argument list; for git code the first item is "
-        "`python` (the worker's interpreter) or a path inside the repository",
+        description="the command, as an argument list; for git or archive code the first "
+        "item is `python` (the worker's interpreter) or a path inside the code",
     )
     args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
     hyperparameters: dict[str, Hyperparameter] = Field(
@@ -223,7 +249,7 @@ class TrainSpec(_Strict):
     def _entry_point(cls, value: list[str], info: ValidationInfo) -> list[str]:
         value = [_argument(item, "entry_point") for item in value]
         code = info.data.get("code")
-        if isinstance(code, GitCode) and value[0] != "python":
+        if isinstance(code, GitCode | ArchiveCode) and value[0] != "python":
             relative_path(value[0], "entry_point[0] (python, or a program in the repository)")
         return value
 

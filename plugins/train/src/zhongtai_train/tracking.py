@@ -110,6 +110,10 @@ def _child_environment(platform: Platform) -> dict[str, str]:
     }
     env["MLFLOW_ENABLE_WORKSPACES"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
+    # MLflow's server-side job runner (GenAI scorers, prompt optimization) starts a
+    # runner and several Huey consumer processes. Its endpoints are refused by the
+    # proxy, so the processes would only cost memory.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     storage = platform.settings.storage
     if storage.driver == "s3":
         if storage.endpoint_url:

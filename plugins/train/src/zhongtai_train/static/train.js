@@ -358,4 +358,6 @@
   } else {
     start();
   }
+  // A training job's page swaps its run section in once the job has created the run.
+  document.addEventListener("htmx:afterSettle", start);
 })();
