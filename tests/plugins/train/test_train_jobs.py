@@ -25,6 +25,8 @@ rank = int(os.environ.get("RANK", "0"))
 print(f"rank {rank} of {os.environ.get('WORLD_SIZE', '1')}", flush=True)
 if rank == 0:
     print("argv " + json.dumps(sys.argv[1:]), flush=True)
+    if os.environ.get("ZT_DEEPSPEED_CONFIG"):
+        print("deepspeed " + open(os.environ["ZT_DEEPSPEED_CONFIG"]).read(), flush=True)
     print("secret " + os.environ.get("SECRET_NAME", ""), flush=True)
 mode = os.environ.get("MODE", "ok")
 if mode == "sleep":
@@ -123,7 +125,7 @@ def test_a_commit_trains_and_logs_to_its_mlflow_run(trainer, repo):
     _user, project, key = _developer(t)
     spec = _spec(
         repo,
-        args=["--note", "0.1; touch /tmp/zt-pwned", "$(id)"],
+        args=["--note", "0.1; touch /tmp/zt-pwned", "$(id)", "--output=/etc/x"],
         hyperparameters={"lr": 0.01, "epochs": 3, "model": "tiny", "amp": True},
         env={"SECRET_NAME": "visible"},
         experiment="jobs",
@@ -143,6 +145,7 @@ def test_a_commit_trains_and_logs_to_its_mlflow_run(trainer, repo):
         "--note",
         "0.1; touch /tmp/zt-pwned",
         "$(id)",
+        "--output=/etc/x",
         "--lr=0.01",
         "--epochs=3",
         "--model=tiny",
@@ -184,6 +187,8 @@ def test_a_failing_script_fails_the_job_with_its_exit_code(trainer, repo):
     job = _wait(t, key, answer.json()["id"], {"succeeded", "failed"})
     assert job["status"] == "failed"
     assert "exit code 3" in job["error"]
+    # The error quotes the end of the script's output.
+    assert "last lines of its output" in job["error"] and "  done" in job["error"]
     row = _train_row(t, job["id"])
     assert row.state == "failed" and row.reason == "exit code 3"
     run = httpx.get(
@@ -252,11 +257,16 @@ def test_a_run_past_its_timeout_is_stopped_and_fails(trainer, repo, tmp_path):
 def test_processes_per_node_get_the_torchrun_environment(trainer, repo):
     t = trainer
     _user, project, key = _developer(t)
-    spec = _spec(repo, distributed={"procs_per_node": 2}, experiment="ddp")
+    spec = _spec(
+        repo,
+        distributed={"procs_per_node": 2, "deepspeed_config": {"train_batch_size": 8}},
+        experiment="ddp",
+    )
     job = _wait(t, key, _submit(t, key, project, spec).json()["id"], {"failed", "succeeded"})
     lines = _logs(t, key, job["id"])
     assert job["status"] == "succeeded", lines
     assert "rank 0 of 2" in lines and "rank 1 of 2" in lines
+    assert 'deepspeed {"train_batch_size": 8}' in lines
 
 
 @pytest.mark.parametrize(
@@ -297,6 +307,24 @@ def test_bad_specs_are_refused_naming_the_field(trainer, repo, change, field):
     assert answer.status_code == 422, answer.text
     keys = [item["field"] for item in answer.json()["errors"]]
     assert any(k.startswith(field) for k in keys), keys
+
+
+def test_an_unknown_backend_is_refused_listing_the_installed_ones(trainer, repo):
+    t = trainer
+    _user, project, key = _developer(t)
+    answer = _submit(t, key, project, _spec(repo, backend="slurm"))
+    assert answer.status_code == 422
+    message = answer.json()["errors"][0]["message"]
+    assert all(name in message for name in ("local", "ray", "kubernetes")), message
+
+
+def test_a_hyperparameter_of_the_wrong_type_is_refused_naming_it(trainer, repo):
+    t = trainer
+    _user, project, key = _developer(t)
+    answer = _submit(t, key, project, _spec(repo, hyperparameters={"lr": {"nested": 1}}))
+    assert answer.status_code == 422
+    fields = [item["field"] for item in answer.json()["errors"]]
+    assert any(f.startswith("params.hyperparameters.lr") for f in fields), fields
 
 
 def test_file_repositories_are_refused_unless_allowed(trainer, repo):
@@ -582,3 +610,92 @@ def test_the_wizard_validates_each_step_shows_the_request_and_runs(trainer, repo
         stranger, _other, _k = _developer(t)
         with _browser(t, stranger) as other:
             assert other.get(f"/ui/train/jobs/{job_id}").status_code == 404
+
+
+# --------------------------------------------------------------------------- YAML specs
+
+
+def _post_spec(t: Any, key: str, project: Any, body: str, content_type: str) -> httpx.Response:
+    return httpx.post(
+        f"{t.url}/api/v1/train/jobs",
+        params={"project": project.id},
+        content=body.encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": content_type},
+        timeout=30,
+    )
+
+
+def test_a_yaml_spec_file_starts_a_training_job(trainer, repo):
+    t = trainer
+    _user, project, key = _developer(t)
+    body = f"""
+code:
+  kind: git
+  url: {repo[0]}
+  commit: {repo[1]}
+hyperparameters:
+  lr: 0.5
+experiment: from-yaml
+"""
+    answer = _post_spec(t, key, project, body, "application/yaml")
+    assert answer.status_code == 201, answer.text
+    job = _wait(t, key, answer.json()["id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", _logs(t, key, job["id"])
+    assert job["type"] == "train.run" and job["params"]["hyperparameters"] == {"lr": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (
+            "code: !!python/object/apply:os.system ['touch /tmp/zt-yaml-pwned']\n",
+            "application/yaml",
+            422,
+        ),
+        ("a: &a [x, x, x]\nb: &b [*a, *a, *a]\ncode: [*b, *b]\n", "application/yaml", 422),
+        ("- just\n- a list\n", "text/yaml", 422),
+        ("{not json", "application/json", 422),
+        ("code: {kind: git}\n", "application/yaml", 422),
+        ("code: x\n", "text/plain", 415),
+    ],
+)
+def test_unsafe_or_malformed_spec_files_are_refused(trainer, body, content_type, status):
+    t = trainer
+    _user, project, key = _developer(t)
+    answer = _post_spec(t, key, project, body, content_type)
+    assert answer.status_code == status, answer.text
+    assert not Path("/tmp/zt-yaml-pwned").exists()
+
+
+def test_a_spec_file_for_another_project_finds_nothing(trainer, repo):
+    t = trainer
+    _user, _project, key = _developer(t)
+    _other_user, other = t.identity.project_with("developer")
+    body = json.dumps(_spec(repo))
+    assert _post_spec(t, key, other, body, "application/json").status_code == 404
+
+
+def test_the_quota_page_lets_admins_set_the_quota_and_shows_it_to_members(trainer):
+    t = trainer
+    developer, project, key = _developer(t)
+    admin = t.identity.user()
+    t.identity.member(admin, project, "admin")
+    with _browser(t, admin) as browser:
+        page = browser.get(f"/ui/train/quota?project={project.id}")
+        assert page.status_code == 200 and "data-quota-form" in page.text
+        done = browser.post(
+            f"/ui/train/quota?project={project.id}",
+            data={"csrf_token": _csrf(page.text), "action": "set", "gpus": "-3"},
+        )
+        assert 'id="gpus-error"' in done.text, (done.status_code, done.text[-3000:])
+        done = browser.post(
+            f"/ui/train/quota?project={project.id}",
+            data={"csrf_token": _csrf(page.text), "action": "set", "gpus": "3"},
+        )
+        assert done.status_code == 303, done.text[:1000]
+    assert _quota(t, key, project).json()["gpus"] == 3
+    with _browser(t, developer) as browser:
+        page = browser.get(f"/ui/train/quota?project={project.id}")
+        assert page.status_code == 200
+        assert "data-quota-form" not in page.text
+        assert "data-quota-gpus>3" in page.text

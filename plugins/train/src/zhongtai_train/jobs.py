@@ -32,12 +32,15 @@ A failed run fails the job with the backend's reason (``exit code 3``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -84,6 +87,9 @@ __all__ = [
 log = logging.getLogger("zhongtai.train.jobs")
 
 POLL_SECONDS = 0.5
+FIRST_POLL = 0.05  # the first looks at a starting run; growing to POLL_SECONDS
+DEEPSPEED_FILE = "deepspeed_config.json"
+TAIL_LINES = 10  # lines of a failed run's output quoted in the job's error
 GIT_TIMEOUT = 600  # seconds for the checkout
 KEY_MARGIN = timedelta(minutes=15)  # the code's key outlives the deadline by this much
 # A run's own deadline leaves the job (7 days at most) time to stop it and clean up.
@@ -251,6 +257,9 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
     with backend_attempt(ctx, cls(platform), gpus=gpus) as attempt:
         ctx.progress(0.0, "fetching the code")
         workdir = _checkout(ctx, spec, attempt.folder, settings.allow_file_git)
+        if workdir is not None and spec.distributed.deepspeed_config is not None:
+            # Next to the code, so every backend that ships the folder ships it too.
+            (workdir / DEEPSPEED_FILE).write_text(json.dumps(spec.distributed.deepspeed_config))
         inputs = _materialize_inputs(ctx, spec, attempt.folder)
         timeout = spec.timeout or MAX_RUN_SECONDS
         key = attempt.mint_key(timeout)
@@ -365,7 +374,10 @@ def raise_unless_succeeded(outcome: Outcome, what: str) -> None:
         detail = (
             f": {outcome.message}" if outcome.message and outcome.message != outcome.reason else ""
         )
-        raise TrainFailed(f"{what} failed ({outcome.reason}){detail}")
+        tail = "".join(f"\n  {line}" for line in outcome.last_lines)
+        if tail:
+            tail = "\nlast lines of its output:" + tail
+        raise TrainFailed(f"{what} failed ({outcome.reason}){detail}{tail}")
 
 
 def _take_over(platform: Platform, ctx: JobContext, backend: Backend, gpus: int) -> None:
@@ -584,12 +596,7 @@ def _mlflow(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict
 def _start_run(
     ctx: JobContext, client: httpx.Client, spec: TrainSpec, backend: str
 ) -> dict[str, str]:
-    found = client.get("experiments/get-by-name", params={"experiment_name": spec.experiment})
-    if found.status_code == 200:
-        experiment_id = str(found.json()["experiment"]["experiment_id"])
-    else:
-        made = _mlflow(client, "POST", "experiments/create", json={"name": spec.experiment})
-        experiment_id = str(made["experiment_id"])
+    experiment_id = _experiment_id(client, spec.experiment)
     tags = [
         {"key": "zhongtai.job_id", "value": ctx.job_id},
         {"key": "zhongtai.backend", "value": backend},
@@ -636,6 +643,20 @@ def _start_run(
     return {"run_id": run_id, "experiment_id": experiment_id}
 
 
+def _experiment_id(client: httpx.Client, name: str) -> str:
+    """The experiment called ``name``, created if missing. Two jobs may create it at
+    once (a sweep's parallel trials): the loser finds the winner's."""
+    for _attempt in range(3):
+        found = client.get("experiments/get-by-name", params={"experiment_name": name})
+        if found.status_code == 200:
+            return str(found.json()["experiment"]["experiment_id"])
+        made = client.post("experiments/create", json={"name": name})
+        if made.status_code == 200:
+            return str(made.json()["experiment_id"])
+        time.sleep(0.1)
+    raise TrainFailed(f"could not find or create experiment {name!r}: {made.text[:300]}")
+
+
 def _param_text(value: bool | int | float | str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -661,7 +682,6 @@ def _environment(
     key: str,
     inputs: tuple[InputMount, ...],
 ) -> dict[str, str]:
-    import json
 
     env = dict(spec.env)
     env.update(
@@ -680,11 +700,26 @@ def _environment(
         if where:
             env[f"ZT_INPUT_{mount.name.upper()}"] = where
     if spec.distributed.deepspeed_config is not None:
-        env["ZT_DEEPSPEED_CONFIG"] = json.dumps(spec.distributed.deepspeed_config)
+        # A path relative to the working directory where the code has a folder; the
+        # JSON itself for an image.
+        env["ZT_DEEPSPEED_CONFIG"] = (
+            DEEPSPEED_FILE
+            if not isinstance(spec.code, ImageCode)
+            else json.dumps(spec.distributed.deepspeed_config)
+        )
     return env
 
 
 def _watch(ctx: JobContext, backend: Backend, handle: str, timeout: int) -> Outcome:
+    """Follow the run to its end; the outcome carries the last lines of its output."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    outcome = _follow(ctx, backend, handle, timeout, tail)
+    return dataclasses.replace(outcome, last_lines=tuple(tail))
+
+
+def _follow(
+    ctx: JobContext, backend: Backend, handle: str, timeout: int, tail: deque[str]
+) -> Outcome:
     deadline = time.monotonic() + timeout
     cursor: str | None = None
 
@@ -693,9 +728,13 @@ def _watch(ctx: JobContext, backend: Backend, handle: str, timeout: int) -> Outc
         chunk = backend.read_logs(handle, cursor)
         for line in chunk.lines:
             ctx.log(line)
+        if chunk.lines:
+            ctx.flush()  # to followers now, not at the next periodic flush
+        tail.extend(chunk.lines)
         cursor = chunk.cursor
 
     state = "pending"
+    polls = 0
     while True:
         drain()
         outcome = backend.poll(handle)
@@ -710,6 +749,7 @@ def _watch(ctx: JobContext, backend: Backend, handle: str, timeout: int) -> Outc
             if callable(rest):
                 for line in rest(handle, cursor).lines:
                     ctx.log(line)
+                    tail.append(line)
             return outcome
         if ctx.cancelled:
             ctx.log("[zhongtai] cancelled: stopping the run")
@@ -723,7 +763,10 @@ def _watch(ctx: JobContext, backend: Backend, handle: str, timeout: int) -> Outc
             return Outcome(
                 "failed", reason="DeadlineExceeded", message=f"ran longer than {timeout} s"
             )
-        ctx.wait(POLL_SECONDS)
+        # Quick looks while a run starts (its first lines, a script that ends at once),
+        # then every POLL_SECONDS.
+        ctx.wait(min(POLL_SECONDS, FIRST_POLL * 1.5**polls))
+        polls += 1
 
 
 _RUN_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}

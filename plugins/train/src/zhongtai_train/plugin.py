@@ -57,9 +57,17 @@ def register_routes() -> list[Any]:
     from zhongtai_train.evaluate import EVALUATION_ROUTES
     from zhongtai_train.gpus import GPU_ROUTES
     from zhongtai_train.quotas import QUOTA_ROUTES
+    from zhongtai_train.submit import SUBMIT_ROUTES
     from zhongtai_train.sweep import SWEEP_ROUTES
 
-    return [*ROUTES, *GPU_ROUTES, *QUOTA_ROUTES, *SWEEP_ROUTES, *EVALUATION_ROUTES]
+    return [
+        *ROUTES,
+        *GPU_ROUTES,
+        *QUOTA_ROUTES,
+        *SUBMIT_ROUTES,
+        *SWEEP_ROUTES,
+        *EVALUATION_ROUTES,
+    ]
 
 
 @zhongtai.hookimpl
@@ -104,10 +112,18 @@ def register_panels() -> list[Panel]:
     from zhongtai_train.evaluate import EVALUATION_PANELS
     from zhongtai_train.gpus import GPU_PANELS
     from zhongtai_train.panels import PANELS
+    from zhongtai_train.quotas import QUOTA_PANELS
     from zhongtai_train.sweep import SWEEP_PANELS
     from zhongtai_train.wizard import WIZARD_PANELS
 
-    return [*PANELS, *WIZARD_PANELS, *GPU_PANELS, *SWEEP_PANELS, *EVALUATION_PANELS]
+    return [
+        *PANELS,
+        *WIZARD_PANELS,
+        *GPU_PANELS,
+        *QUOTA_PANELS,
+        *SWEEP_PANELS,
+        *EVALUATION_PANELS,
+    ]
 
 
 @zhongtai.hookimpl

@@ -23,6 +23,7 @@ the same cluster) are not seen; on Kubernetes, pair it with a ``ResourceQuota`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import delete as delete_route
@@ -32,10 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from zhongtai.hooks.events import utcnow
+from zhongtai.identity.access import NotFound
 from zhongtai.identity.guard import AccessDep, authenticated, requires
 from zhongtai.identity.models import Project
 from zhongtai.jobs import Admission, AdmissionRequest, InvalidParams
 from zhongtai.jobs.models import Job
+from zhongtai.ui import Panel, Redirect, View
 from zhongtai.web.params import PlatformDep
 from zhongtai_train.backends import Backend
 from zhongtai_train.models import GpuQuota
@@ -47,7 +50,15 @@ if TYPE_CHECKING:
 
     from zhongtai.platform import Platform
 
-__all__ = ["QUOTA_ROUTES", "admit", "check_gpus", "gpus_in_use", "gpus_of", "quota_of"]
+__all__ = [
+    "QUOTA_PANELS",
+    "QUOTA_ROUTES",
+    "admit",
+    "check_gpus",
+    "gpus_in_use",
+    "gpus_of",
+    "quota_of",
+]
 
 #: Job types whose GPUs count against the quota.
 COUNTED = ("train.run", "train.evaluate")
@@ -239,3 +250,68 @@ def list_backends(platform: PlatformDep) -> dict[str, Any]:
 
 
 QUOTA_ROUTES = [get_quota, set_quota, clear_quota, list_backends]
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _page(view: View) -> Mapping[str, Any]:
+    """The current project's GPU quota, the GPUs in use, the jobs waiting for GPUs, and
+    for its admins a form to change the quota."""
+    if view.project is None:
+        return {"quota": None, "can_manage": False, "waiting": [], "errors": {}}
+    with view.platform.db.session() as session:
+        view.access.require(session, project_id=view.project.id, permission=EXPERIMENT_READ)
+        quota = _quota_dict(view.platform, session, view.project.id)
+        can_manage = view.access.has(session, QUOTA_MANAGE, project_id=view.project.id)
+        waiting = [
+            {"id": job_id, "gpus": gpus_of(params), "why": why}
+            for job_id, params, why in session.execute(
+                select(Job.id, Job.params, Job.progress_message)
+                .where(
+                    Job.project_id == view.project.id,
+                    Job.type.in_(COUNTED),
+                    Job.status == "held",
+                )
+                .order_by(Job.priority.desc(), Job.id)
+                .limit(50)
+            )
+        ]
+    return {"quota": quota, "can_manage": can_manage, "waiting": waiting, "errors": {}}
+
+
+def _post(view: View) -> Redirect | Mapping[str, Any]:
+    """Set (``gpus``) or remove (``action=clear``) the project's quota."""
+    from zhongtai.ui.core_pages import call_api
+
+    if view.project is None:
+        raise NotFound("project")
+    here = view.url("/ui/train/quota")
+    if str(view.form.get("action")) == "clear":
+        _done, errors = call_api(clear_quota, view, project_id=view.project.id)
+    else:
+        _done, errors = call_api(
+            set_quota,
+            view,
+            QuotaIn,
+            data={"gpus": str(view.form.get("gpus") or "").strip()},
+            project_id=view.project.id,
+        )
+    if errors:
+        return {**_page(view), "errors": errors}
+    return Redirect(here, flash="quota saved")
+
+
+QUOTA_PANELS = [
+    Panel(
+        name="quota",
+        title={"en": "GPU quota", "zh": "GPU 配额"},
+        path="/quota",
+        template="quota.html",
+        icon="square",
+        order=90,
+        permission=EXPERIMENT_READ.name,
+        context=_page,
+        on_post=_post,
+    )
+]

@@ -170,6 +170,8 @@ class Outcome:
     reason: str = ""
     message: str = ""
     exit_code: int | None = None
+    #: The last lines of the run's output (filled in by the job, not by backends).
+    last_lines: tuple[str, ...] = ()
 
     @property
     def final(self) -> bool:

@@ -1,0 +1,140 @@
+"""``POST /api/v1/train/jobs``: start a training job from a spec file, JSON or YAML.
+
+Teams keep training specs next to their code as YAML (``train.yaml``) and submit them
+from CI: ``curl --data-binary @train.yaml -H "Content-Type: application/yaml"
+".../api/v1/train/jobs?project=<id>"``. The body is the ``train.run`` spec itself (what
+``params`` holds in ``POST /api/v1/jobs``), and the answer is the job.
+
+YAML is read with PyYAML's safe loader only: tags that build Python objects
+(``!!python/object/apply:os.system``) are refused with 422, never constructed. Anchors
+and aliases are refused too: a few lines of nested aliases ("billion laughs") would
+otherwise expand into gigabytes. JSON is JSON; any other content type is 415.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import yaml
+from litestar import Request, post
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import Parameter
+from pydantic import ValidationError
+
+from zhongtai.identity.guard import AccessDep, requires
+from zhongtai.jobs import InvalidParams
+from zhongtai.web.params import PlatformDep
+from zhongtai_train.permissions import JOB_RUN
+
+__all__ = ["SUBMIT_ROUTES", "load_spec"]
+
+MAX_SPEC_BYTES = 256 * 1024
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+class SpecSyntaxError(ValueError):
+    """The body is not a spec document (the message says where)."""
+
+
+class _SafeNoAliases(yaml.SafeLoader):
+    """The safe loader, refusing anchors and aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_spec(body: bytes, content_type: str) -> dict[str, Any]:
+    """The spec mapping in ``body``; SpecSyntaxError if it is not one."""
+    if len(body) > MAX_SPEC_BYTES:
+        raise SpecSyntaxError(f"a spec is at most {MAX_SPEC_BYTES // 1024} KiB")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecSyntaxError("the spec is not UTF-8 text") from None
+    if content_type in YAML_TYPES:
+        try:
+            found = yaml.load(text, Loader=_SafeNoAliases)  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError as exc:
+            raise SpecSyntaxError(f"not safe YAML: {exc}") from None
+    else:
+        try:
+            found = json.loads(text)
+        except ValueError as exc:
+            raise SpecSyntaxError(f"not JSON: {exc}") from None
+    if not isinstance(found, dict):
+        raise SpecSyntaxError("the spec must be a mapping of fields")
+    return found
+
+
+def _problem(field: str, message: str) -> ValidationException:
+    return ValidationException(
+        detail=f"invalid value for {field!r}: {message}",
+        extra=[{"key": field, "message": message, "source": "body"}],
+        status_code=422,
+    )
+
+
+@post("/jobs", sync_to_thread=True, opt=requires(JOB_RUN), status_code=201)
+def submit_training(
+    request: Request[Any, Any, Any],
+    platform: PlatformDep,
+    access: AccessDep,
+    project: Annotated[str, Parameter(query="project", pattern=r"^[0-9a-z]{1,32}$")],
+    body: bytes,
+) -> dict[str, Any]:
+    """Submit a ``train.run`` job whose spec is the body, as JSON or YAML."""
+    from zhongtai.identity.permissions import JOBS_SUBMIT
+    from zhongtai.jobs.api import job_dict
+    from zhongtai.jobs.engine import JobRefused, jobs_engine
+    from zhongtai_train.jobs import TRAIN_RUN
+    from zhongtai_train.spec import TrainSpec
+
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (*YAML_TYPES, "application/json"):
+        raise HTTPException(
+            status_code=415,
+            detail="send the spec as application/json or application/yaml",
+        )
+    try:
+        spec = TrainSpec.model_validate(load_spec(body, content_type))
+    except SpecSyntaxError as exc:
+        raise _problem("body", str(exc)) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _problem(where or "body", str(first["msg"])) from None
+    engine = jobs_engine(platform)
+    engine.driver.check()
+    try:
+        with platform.db.transaction() as session:
+            access.require(session, project_id=project)
+            access.require(session, project_id=project, permission=JOBS_SUBMIT)
+            access.require(session, project_id=project, permission=JOB_RUN)
+            job = engine.submit(
+                session,
+                job_type=TRAIN_RUN,
+                project_id=project,
+                principal=access.principal,
+                params=spec,
+            )
+            access.audit(
+                action="job.submit", target_kind="job", target_id=job.id, project_id=project
+            )
+            answer = job_dict(job)
+    except InvalidParams as exc:
+        raise _problem(exc.field, exc.message) from None
+    except JobRefused as exc:
+        raise HTTPException(
+            status_code=429, detail=str(exc), headers={"Retry-After": "5"}
+        ) from None
+    engine.dispatch([job])
+    return answer
+
+
+SUBMIT_ROUTES = [submit_training]
