@@ -765,7 +765,7 @@ def _follow(
             )
         # Quick looks while a run starts (its first lines, a script that ends at once),
         # then every POLL_SECONDS.
-        ctx.wait(min(POLL_SECONDS, FIRST_POLL * 1.5**polls))
+        backend.wait(handle, min(POLL_SECONDS, FIRST_POLL * 1.5**polls))
         polls += 1
 
 

@@ -84,7 +84,7 @@ log = logging.getLogger("zhongtai.train.sweep")
 
 NAME = "train.sweep"
 SCHEMA = "optuna"  # on PostgreSQL: Optuna's tables, apart from the platform's
-POLL_SECONDS = 0.25  # between two looks at the trials' jobs (a few indexed reads)
+POLL_SECONDS = 0.1  # between two looks at the trials' jobs (a few indexed reads)
 REFUSED_RETRY = 5.0  # seconds before a trial that admission refused is submitted again
 MAX_PARAMS = 50  # parameters in a search space
 MAX_CHOICES = 1000  # choices of one categorical parameter

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -234,6 +235,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, handle: str) -> None:
         """Stop the work and everything it started; no error if it already ended."""
+
+    def wait(self, handle: str, seconds: float) -> None:
+        """Wait between two polls, at most ``seconds`` (half a second or less: the job
+        looks for a cancel in between). A backend that can tell when the work ends
+        returns then (the local one waits on its processes), so a short run is not
+        charged a poll interval."""
+        time.sleep(seconds)
 
     def cleanup(self, handle: str) -> None:  # noqa: B027 - optional
         """Remove what :meth:`submit` created (called once the job ends, whatever the

@@ -259,6 +259,16 @@ class LocalBackend(Backend):
             )
         return Outcome("running")
 
+    def wait(self, handle: str, seconds: float) -> None:
+        """Until the run's first process exits, or ``seconds`` pass."""
+        with _RUNS_LOCK:
+            processes = _RUNS.get(handle)
+        if not processes:
+            time.sleep(seconds)
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            processes[0].wait(timeout=seconds)
+
     def read_logs(self, handle: str, cursor: str | None) -> LogChunk:
         info = _parse(handle)
         offset = int(cursor or 0)
