@@ -21,6 +21,7 @@ if [[ "${QUICK:-}" == 1 ]]; then
     data_args=(--quick)
     tracking_args=(--quick)
     series_args=(--quick)
+    training_args=(--quick)
 else
     startup_args=()
     http_args=()
@@ -30,6 +31,7 @@ else
     data_args=()
     tracking_args=()
     series_args=()
+    training_args=()
 fi
 
 if ! command -v wrk >/dev/null; then
@@ -52,9 +54,12 @@ echo
 "$PY" bench/tracking.py "${tracking_args[@]}" | tee bench/results/tracking.txt
 echo
 "$PY" bench/tracking_series.py "${series_args[@]}" | tee bench/results/tracking_series.txt
+echo
+"$PY" bench/training.py "${training_args[@]}" | tee bench/results/training.txt
 
 echo
 echo "== summary ($(date +%F), $(nproc) cores) =="
 grep -hE '(PASS|FAIL|no target)' bench/results/startup.txt bench/results/http_overhead.txt \
     bench/results/auth_overhead.txt bench/results/jobs.txt bench/results/ui.txt \
-    bench/results/data.txt bench/results/tracking.txt bench/results/tracking_series.txt
+    bench/results/data.txt bench/results/tracking.txt bench/results/tracking_series.txt \
+    bench/results/training.txt
