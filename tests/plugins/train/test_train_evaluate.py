@@ -61,42 +61,6 @@ class ExtraEvaluators:
         return [Evaluator("binary", "Binary classifiers, by a plugin", model_type="classifier")]
 
 
-class TrainWiring:
-    """What the train plugin module itself declares once it is wired there: the
-    evaluators hook and the ``on_event`` that evaluates after training."""
-
-    @zhongtai.hookimpl
-    def register_hookspecs(self) -> list[object]:
-        from zhongtai_train.evaluate import EvaluationHooks
-
-        return [EvaluationHooks]
-
-    @zhongtai.hookimpl
-    def on_event(self, event: Any, platform: Any) -> None:
-        from zhongtai_train.evaluate import on_event
-
-        on_event(event, platform)
-
-
-def _wiring() -> list[tuple[str, object]]:
-    import zhongtai_train.plugin as plugin
-
-    extra: list[tuple[str, object]] = []
-    if not hasattr(plugin, "register_hookspecs"):
-        extra.append(("trainwiring", TrainWiring()))
-    elif not hasattr(plugin, "on_event"):
-        extra.append(("trainwiring", _OnEventOnly()))
-    return [*extra, ("extraevaluators", ExtraEvaluators())]
-
-
-class _OnEventOnly:
-    @zhongtai.hookimpl
-    def on_event(self, event: Any, platform: Any) -> None:
-        from zhongtai_train.evaluate import on_event
-
-        on_event(event, platform)
-
-
 @dataclass
 class Evaluating:
     """The module's platform, a developer's project with a model and a dataset."""
@@ -138,7 +102,10 @@ def _platform(home: Path) -> Iterator[tuple[str, Any]]:
                 home=home, database_url=database_url, log_format="text", access_log=False
             )
             app = create_app(
-                settings, plugins=["train", "data"], extra_plugins=_wiring(), schema="upgrade"
+                settings,
+                plugins=["train", "data"],
+                extra_plugins=[("extraevaluators", ExtraEvaluators())],
+                schema="upgrade",
             )
             platform = app.state["platform"]
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from zhongtai_data.blobs import blob_key
 if TYPE_CHECKING:
     from zhongtai.platform import Platform
 
-__all__ = ["local_copy"]
+__all__ = ["local_copy", "place_blob"]
 
 
 @contextlib.contextmanager
@@ -32,3 +33,21 @@ def local_copy(platform: Platform, sha256: str, *, head: int | None = None) -> I
             for chunk in platform.storage.open(key, end=head):
                 out.write(chunk)
         yield copy
+
+
+def place_blob(platform: Platform, sha256: str, destination: Path) -> None:
+    """The blob's bytes at ``destination`` (a new file), to hand to another program: a
+    hard link to the local driver's file where the two share a file system, else a
+    copy. Treat the file as read only: a link shares its bytes with the store."""
+    key = blob_key(sha256)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    path = platform.storage.local_path(key)
+    if path is not None:
+        try:
+            os.link(path, destination)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy
+    with destination.open("wb") as out:
+        for chunk in platform.storage.open(key):
+            out.write(chunk)

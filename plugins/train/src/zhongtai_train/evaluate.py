@@ -22,7 +22,7 @@ One attempt of the job:
 
 Evaluators are a registry: ``classifier`` and ``regressor`` (MLflow's default
 evaluator) are built in; a plugin adds more with the ``register_evaluators`` hook
-this plugin declares (:class:`EvaluationHooks`). The setting
+this plugin declares (:class:`zhongtai_train.hookspecs.EvaluationHooks`). The setting
 ``evaluate_after_training`` (experiment name → parameters without ``run_id``)
 evaluates every successful ``train.run`` of those experiments (:func:`on_event`).
 
@@ -40,7 +40,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import sys
 import threading
@@ -63,7 +62,6 @@ from zhongtai.web.params import PlatformDep
 from zhongtai_train.backends import Distributed, Launch, Requirements, SpecError
 from zhongtai_train.evaluation_models import Evaluation
 from zhongtai_train.evaluator import CHART_SUFFIXES, MODEL_TYPES
-from zhongtai_train.hookspecs import EvaluationHooks
 from zhongtai_train.jobs import (
     TrainFailed,
     _mlflow,
@@ -92,7 +90,6 @@ __all__ = [
     "EVALUATION_ROUTES",
     "TRAIN_EVALUATE",
     "EvaluateSpec",
-    "EvaluationHooks",
     "Evaluator",
     "evaluators",
     "on_event",
@@ -529,20 +526,10 @@ def _evaluate(
 
 def _materialize(ctx: JobContext, data: _DataFile, spec: EvaluateSpec, destination: Path) -> None:
     """The version's file at ``destination``: hard-linked from the local store, or copied."""
-    store = ctx.platform.storage
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    key = f"data/blobs/{data.sha256[:2]}/{data.sha256}"
+    from zhongtai_data.local import place_blob
+
     ctx.log(f"[zhongtai] data: {spec.file} of {data.dataset} version {data.number}")
-    local = store.local_path(key)
-    if local is not None:
-        try:
-            os.link(local, destination)
-            return
-        except OSError:
-            pass
-    with destination.open("wb") as out:
-        for chunk in store.open(key):
-            out.write(chunk)
+    place_blob(ctx.platform, data.sha256, destination)
 
 
 def _start_evaluation_run(
@@ -709,7 +696,7 @@ def on_event(event: Event, platform: Platform) -> None:
         return
     if getattr(event, "job_type", None) != "train.run":
         return
-    if not getattr(settings_of(platform), "evaluate_after_training", None):
+    if not settings_of(platform).evaluate_after_training:
         return
     job_id = str(getattr(event, "job_id", ""))
     threading.Thread(
@@ -739,7 +726,7 @@ def submit_after_training(platform: Platform, train_job_id: str) -> Job | None:
     from zhongtai.jobs.models import Job
     from zhongtai_train.models import TrainJob
 
-    wanted: Mapping[str, Any] = getattr(settings_of(platform), "evaluate_after_training", {}) or {}
+    wanted: Mapping[str, Any] = settings_of(platform).evaluate_after_training
     with platform.db.session() as session:
         train = session.get(TrainJob, train_job_id)
         job = session.get(Job, train_job_id)

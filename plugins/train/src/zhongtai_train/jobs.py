@@ -478,6 +478,7 @@ def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
     """Expand the code archive into ``folder/code``; refuse it whole if any entry is
     unsafe (the data plugin's checks: paths, links, sizes, compression ratios)."""
     from zhongtai_data.archives import ArchiveRejected, detect, extract
+    from zhongtai_data.local import local_copy
     from zhongtai_data.models import File
 
     platform = ctx.platform
@@ -489,14 +490,6 @@ def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
         )
     if sha256 is None:
         raise TrainFailed(f"{code.path} is no longer in version {code.dataset_version}")
-    archive = folder / "code.archive"
-    with archive.open("wb") as out:
-        for chunk in platform.storage.open(f"data/blobs/{sha256[:2]}/{sha256}"):
-            out.write(chunk)
-    with archive.open("rb") as fh:
-        kind = detect(code.path, fh.read(64 * 1024))
-    if kind is None:
-        raise TrainFailed(f"{code.path} is not a zip, tar or tar.gz archive")
     repo = folder / "code"
     repo.mkdir()
 
@@ -507,12 +500,15 @@ def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
             shutil.copyfileobj(stream, out, 1024 * 1024)
 
     ctx.log(f"[zhongtai] unpacking {code.path} of version {code.dataset_version}")
-    try:
-        members = extract(archive, kind, write)
-    except ArchiveRejected as exc:
-        raise TrainFailed(f"the code archive was refused: {exc}") from None
-    finally:
-        archive.unlink(missing_ok=True)
+    with local_copy(platform, sha256) as archive:
+        with archive.open("rb") as fh:
+            kind = detect(code.path, fh.read(64 * 1024))
+        if kind is None:
+            raise TrainFailed(f"{code.path} is not a zip, tar or tar.gz archive")
+        try:
+            members = extract(archive, kind, write)
+        except ArchiveRejected as exc:
+            raise TrainFailed(f"the code archive was refused: {exc}") from None
     ctx.log(f"[zhongtai] {len(members)} files")
     workdir = repo / code.subdir if code.subdir else repo
     if not workdir.resolve().is_relative_to(repo.resolve()) or not workdir.is_dir():
@@ -523,10 +519,10 @@ def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
 def _materialize_inputs(ctx: JobContext, spec: TrainSpec, folder: Path) -> tuple[InputMount, ...]:
     if not spec.inputs:
         return ()
+    from zhongtai_data.local import place_blob
     from zhongtai_data.models import File
 
     platform = ctx.platform
-    store = platform.storage
     mounts = []
     for item in spec.inputs:
         target = folder / "inputs" / item.name
@@ -542,19 +538,7 @@ def _materialize_inputs(ctx: JobContext, spec: TrainSpec, folder: Path) -> tuple
         )
         for path, sha256 in files:
             relative_path(path, "a dataset file's path")
-            destination = target / path
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            key = f"data/blobs/{sha256[:2]}/{sha256}"
-            local = store.local_path(key)
-            if local is not None:
-                try:
-                    os.link(local, destination)
-                    continue
-                except OSError:
-                    pass
-            with destination.open("wb") as out:
-                for chunk in store.open(key):
-                    out.write(chunk)
+            place_blob(platform, sha256, target / path)
         mounts.append(InputMount(item.name, item.dataset_version, target, None))
     return tuple(mounts)
 

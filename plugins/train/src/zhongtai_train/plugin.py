@@ -102,6 +102,8 @@ def admit_job(request: AdmissionRequest, platform: Platform) -> Admission | None
 def on_event(event: Event, platform: Platform) -> None:
     """Evaluate successful training jobs of the experiments the setting
     ``evaluate_after_training`` names."""
+    if event.name != "job.succeeded" or getattr(event, "job_type", None) != "train.run":
+        return  # every event of the platform comes here: decide before importing
     from zhongtai_train.evaluate import on_event as evaluate_after_training
 
     evaluate_after_training(event, platform)

@@ -14,20 +14,26 @@ otherwise expand into gigabytes. JSON is JSON; any other content type is 415.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from litestar import Request, post
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 from pydantic import ValidationError
 
 from zhongtai.identity.guard import AccessDep, requires
 from zhongtai.jobs import InvalidParams
+from zhongtai.web.errors import field_error
 from zhongtai.web.params import PlatformDep
 from zhongtai_train.permissions import JOB_RUN
+from zhongtai_train.spec import TrainSpec
 
-__all__ = ["SUBMIT_ROUTES", "load_spec"]
+if TYPE_CHECKING:
+    from zhongtai.identity.guard import Access
+    from zhongtai.platform import Platform
+
+__all__ = ["SUBMIT_ROUTES", "load_spec", "submit_run"]
 
 MAX_SPEC_BYTES = 256 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -72,14 +78,6 @@ def load_spec(body: bytes, content_type: str) -> dict[str, Any]:
     return found
 
 
-def _problem(field: str, message: str) -> ValidationException:
-    return ValidationException(
-        detail=f"invalid value for {field!r}: {message}",
-        extra=[{"key": field, "message": message, "source": "body"}],
-        status_code=422,
-    )
-
-
 @post("/jobs", sync_to_thread=True, opt=requires(JOB_RUN), status_code=201)
 def submit_training(
     request: Request[Any, Any, Any],
@@ -89,11 +87,7 @@ def submit_training(
     body: bytes,
 ) -> dict[str, Any]:
     """Submit a ``train.run`` job whose spec is the body, as JSON or YAML."""
-    from zhongtai.identity.permissions import JOBS_SUBMIT
-    from zhongtai.jobs.api import job_dict
-    from zhongtai.jobs.engine import JobRefused, jobs_engine
-    from zhongtai_train.jobs import TRAIN_RUN
-    from zhongtai_train.spec import TrainSpec
+    from zhongtai.jobs.engine import JobRefused
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in (*YAML_TYPES, "application/json"):
@@ -104,35 +98,47 @@ def submit_training(
     try:
         spec = TrainSpec.model_validate(load_spec(body, content_type))
     except SpecSyntaxError as exc:
-        raise _problem("body", str(exc)) from None
+        raise field_error("body", str(exc), 422) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise _problem(where or "body", str(first["msg"])) from None
-    engine = jobs_engine(platform)
-    engine.driver.check()
+        raise field_error(where or "body", str(first["msg"]), 422) from None
     try:
-        with platform.db.transaction() as session:
-            access.require(session, project_id=project)
-            access.require(session, project_id=project, permission=JOBS_SUBMIT)
-            access.require(session, project_id=project, permission=JOB_RUN)
-            job = engine.submit(
-                session,
-                job_type=TRAIN_RUN,
-                project_id=project,
-                principal=access.principal,
-                params=spec,
-            )
-            access.audit(
-                action="job.submit", target_kind="job", target_id=job.id, project_id=project
-            )
-            answer = job_dict(job)
+        return submit_run(platform, access, project, spec)
     except InvalidParams as exc:
-        raise _problem(exc.field, exc.message) from None
+        raise field_error(exc.field, exc.message, 422) from None
     except JobRefused as exc:
         raise HTTPException(
             status_code=429, detail=str(exc), headers={"Retry-After": "5"}
         ) from None
+
+
+def submit_run(platform: Platform, access: Access, project: str, spec: TrainSpec) -> dict[str, Any]:
+    """Queue a ``train.run`` job of ``project`` for the caller, with the checks and the
+    audit record of ``POST /api/v1/jobs``; the job as the jobs API shows it.
+
+    Raises:
+        NotFound, Forbidden: the caller may not start training in the project.
+        InvalidParams: the spec's check refused it (422 naming the field).
+        JobRefused: admission refused it (429).
+    """
+    from zhongtai.identity.permissions import JOBS_SUBMIT
+    from zhongtai.jobs.api import job_dict
+    from zhongtai.jobs.engine import jobs_engine
+    from zhongtai_train.jobs import TRAIN_RUN
+
+    engine = jobs_engine(platform)
+    engine.driver.check()
+    with platform.db.transaction() as session:
+        # A project the caller cannot see is a 404 (require's answer), one it may not
+        # train in a 403.
+        access.require(session, project_id=project, permission=JOB_RUN)
+        access.require(session, project_id=project, permission=JOBS_SUBMIT)
+        job = engine.submit(
+            session, job_type=TRAIN_RUN, project_id=project, principal=access.principal, params=spec
+        )
+        access.audit(action="job.submit", target_kind="job", target_id=job.id, project_id=project)
+        answer = job_dict(job)
     engine.dispatch([job])
     return answer
 

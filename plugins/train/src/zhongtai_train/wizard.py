@@ -295,34 +295,23 @@ def _wizard_post(view: View) -> Redirect | Mapping[str, Any]:
 
 def _submit(view: View, spec: dict[str, Any]) -> Redirect | Mapping[str, Any]:
     from zhongtai.jobs import InvalidParams
-    from zhongtai.jobs.engine import JobRefused, jobs_engine
-    from zhongtai_train.jobs import TRAIN_RUN
-    from zhongtai_train.permissions import JOB_RUN
+    from zhongtai.jobs.engine import JobRefused
     from zhongtai_train.spec import TrainSpec
+    from zhongtai_train.submit import submit_run
 
     assert view.project is not None
-    params = TrainSpec.model_validate(spec)
-    engine = jobs_engine(view.platform)
     try:
-        with view.platform.db.transaction() as session:
-            view.access.require(session, project_id=view.project.id, permission=JOB_RUN)
-            job = engine.submit(
-                session,
-                job_type=TRAIN_RUN,
-                project_id=view.project.id,
-                principal=view.access.principal,
-                params=params,
-            )
-            view.access.audit(
-                action="job.submit", target_kind="job", target_id=job.id, project_id=job.project_id
-            )
+        job = submit_run(
+            view.platform, view.access, view.project.id, TrainSpec.model_validate(spec)
+        )
     except InvalidParams as exc:
         step, field = _where(exc.field)
         return _wizard(view, step=step, errors={field: exc.message})
     except JobRefused as exc:
         return _wizard(view, step=3, errors={"_": str(exc)})
-    engine.dispatch([job])
-    return Redirect(f"/ui/train/jobs/{job.id}?project={job.project_id}", flash="training started")
+    return Redirect(
+        f"/ui/train/jobs/{job['id']}?project={job['project']}", flash="training started"
+    )
 
 
 # --------------------------------------------------------------------------- job page

@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import parse_qs, quote, urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from zhongtai_train.backends import (
     Backend,
@@ -153,15 +153,10 @@ class KubernetesOptions(BaseModel):
     def _namespace(cls, value: str) -> str:
         return _dns_label(value, "namespace")
 
-    @field_validator("kubeconfig")
+    @field_validator("kubeconfig", "data_root")
     @classmethod
-    def _kubeconfig(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value, "kubeconfig")
-
-    @field_validator("data_root")
-    @classmethod
-    def _data_root(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value, "data_root")
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _absolute(value, str(info.field_name))
 
     @field_validator("context")
     @classmethod
@@ -170,15 +165,10 @@ class KubernetesOptions(BaseModel):
             raise ValueError("context must be a non-empty printable name")
         return value
 
-    @field_validator("service_account")
+    @field_validator("service_account", "data_volume_claim")
     @classmethod
-    def _service_account(cls, value: str | None) -> str | None:
-        return None if value is None else _dns_subdomain(value, "service_account")
-
-    @field_validator("data_volume_claim")
-    @classmethod
-    def _claim(cls, value: str | None) -> str | None:
-        return None if value is None else _dns_subdomain(value, "data_volume_claim")
+    def _names(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _dns_subdomain(value, str(info.field_name))
 
     @field_validator("node_selector")
     @classmethod
