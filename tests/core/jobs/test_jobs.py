@@ -71,6 +71,7 @@ class DemoJobs:
             JobType("demo.add_async", add_async, AddParams, timeout=1),
             JobType("demo.stubborn", stubborn, AddParams, timeout=1),
             JobType("demo.once", add, AddParams, retries=0),
+            JobType("demo.resumable", add, AddParams, retries=0, resume_interrupted=True),
         ]
 
     @zhongtai.hookimpl
@@ -536,6 +537,51 @@ def test_restart_resumes_queued_jobs_and_settles_interrupted_ones(jobs_app):
         settled = wait_for(client, headers, interrupted["id"])
         assert settled["status"] == "failed"
         assert settled["error"].startswith("interrupted: the server running it")
+
+
+def test_an_interrupted_attempt_of_a_resumable_type_runs_again_without_spending_a_retry(
+    jobs_app,
+):
+    from datetime import timedelta
+
+    from zhongtai.hooks.events import utcnow
+    from zhongtai.jobs.types import MAX_RESUMES
+
+    with jobs_app(stale_after=1.0, reconcile_interval=0.2) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        body = {
+            "type": "demo.resumable",
+            "project": project.id,
+            "params": {"a": 2, "b": 3},
+            "run_at": "2099-01-01T00:00:00Z",
+        }
+        resumed = submit(client, headers, **body).json()
+        worn_out = submit(client, headers, **body).json()
+        with platform.db.transaction() as session:
+            for job_id, attempts, interruptions in (
+                (resumed["id"], 1, 0),
+                (worn_out["id"], 4, MAX_RESUMES),
+            ):
+                row = session.get(Job, job_id)
+                row.status, row.attempts, row.worker = "running", attempts, "rq:elsewhere:42:w"
+                row.interruptions, row.max_attempts = interruptions, attempts
+                row.started_at = row.heartbeat_at = utcnow() - timedelta(seconds=30)
+        done = wait_for(client, headers, resumed["id"])
+        # Resumed at once, and its one attempt of a type without retries was not spent.
+        assert done["status"] == "succeeded", done
+        assert done["result"] == {"sum": 5}
+        assert (done["attempts"], done["max_attempts"], done["interruptions"]) == (2, 2, 1)
+        lines = client.get(f"{JOBS}/{resumed['id']}/logs", headers=headers).json()["items"]
+        assert any(
+            "stopped responding" in item["line"] and "resuming" in item["line"] for item in lines
+        )
+        # A job interrupted MAX_RESUMES times already is settled as any other type's.
+        settled = wait_for(client, headers, worn_out["id"])
+        assert settled["status"] == "failed"
+        assert settled["error"].startswith("abandoned: worker rq:elsewhere:42:w")
+        assert settled["interruptions"] == MAX_RESUMES
 
 
 def test_a_dead_worker_is_noticed_by_its_missing_heartbeat(jobs_app):

@@ -82,6 +82,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "priority": job.priority,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
+        "interruptions": job.interruptions,
         "timeout": job.timeout,
         "progress": job.progress,
         "progress_message": job.progress_message,

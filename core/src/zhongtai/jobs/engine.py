@@ -38,6 +38,7 @@ from zhongtai.jobs.admission import AdmissionRequest, Tally, decide
 from zhongtai.jobs.context import JobCancelled, JobContext
 from zhongtai.jobs.hub import LogHub
 from zhongtai.jobs.models import FINISHED, Job, JobLog, JobStatus
+from zhongtai.jobs.types import MAX_RESUMES
 from zhongtai.metadata.ids import new_id
 from zhongtai.platform import StashKey
 
@@ -770,12 +771,24 @@ class JobEngine:
         return counts
 
     def _abandon(self, job: Job, reason: str) -> bool:
+        """Settle a running attempt whose worker is gone: resume it (a type with
+        ``resume_interrupted``: at once, without spending a retry), retry it, or fail it."""
         job_type = self.types.get(job.type)
         now = utcnow()
-        retry = job_type is not None and job.attempts < job.max_attempts
+        resume = (
+            job_type is not None and job_type.resume_interrupted and job.interruptions < MAX_RESUMES
+        )
+        retry = job_type is not None and (resume or job.attempts < job.max_attempts)
         with self._transition(), self.platform.db.transaction() as session:
             values: dict[str, Any] = {"error": reason, "worker": None, "heartbeat_at": None}
-            if retry:
+            if resume:
+                values.update(
+                    status=str(JobStatus.scheduled),
+                    run_at=now,
+                    interruptions=job.interruptions + 1,
+                    max_attempts=job.max_attempts + 1,
+                )
+            elif retry:
                 assert job_type is not None
                 values.update(
                     status=str(JobStatus.scheduled),
@@ -805,7 +818,7 @@ class JobEngine:
                     ),
                 )
         if changed:
-            what = "retrying" if retry else "failed"
+            what = "resuming" if resume else "retrying" if retry else "failed"
             self._log_line(
                 job.id, job.attempts, f"[zhongtai] attempt {job.attempts} {reason}; {what}"
             )

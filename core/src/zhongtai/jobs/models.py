@@ -52,6 +52,8 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    #: Attempts whose worker died and that were resumed (``JobType.resume_interrupted``).
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     timeout: Mapped[int] = mapped_column(Integer)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress_message: Mapped[str] = mapped_column(String(500), default="")

@@ -39,6 +39,10 @@ __all__ = ["InvalidParams", "JobType", "JobTypeRegistry", "Resources", "collect_
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 QUEUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+#: Interrupted attempts a job with ``resume_interrupted`` is resumed after, at most; one
+#: more fails or retries it as any other type's (a handler that kills its own worker
+#: must not loop forever).
+MAX_RESUMES = 3
 
 
 class InvalidParams(ValueError):
@@ -88,6 +92,11 @@ class JobType:
         check: ``check(platform, session, project_id, params)``, called at submission
             (in its transaction, after the access checks) for what the schema cannot
             know: raise :class:`InvalidParams` to refuse with 422. Optional.
+        resume_interrupted: the handler can pick up the work of an attempt whose worker
+            died (work that outlives the worker, such as a process on a cluster it can
+            follow again): such an attempt is run again at once without spending a
+            retry, up to :data:`MAX_RESUMES` times per job. Without it, an interrupted
+            attempt counts as a failed one.
     """
 
     name: str
@@ -102,6 +111,7 @@ class JobType:
     resources: Resources = dataclasses.field(default_factory=Resources)
     permission: str | None = None
     check: Callable[..., None] | None = None
+    resume_interrupted: bool = False
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -138,6 +148,7 @@ class JobType:
             "priority": self.priority,
             "timeout": self.timeout,
             "retries": self.retries,
+            "resume_interrupted": self.resume_interrupted,
             "resources": self.resources.to_dict(),
             "permission": self.permission,
             "params_schema": self.params.model_json_schema(),

@@ -42,7 +42,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,7 +254,10 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
     options = backend_options(platform, cls, spec.backend_options)
     run: dict[str, str] | None = None
     gpus = spec.resources.gpus * spec.distributed.nodes
-    with backend_attempt(ctx, cls(platform), gpus=gpus) as attempt:
+    with backend_attempt(ctx, cls(platform), gpus=gpus, resume=True) as attempt:
+        if attempt.earlier is not None:
+            run = attempt.resume(spec.timeout or MAX_RUN_SECONDS)
+            return _result(cls.name, run, attempt.outcome)
         ctx.progress(0.0, "fetching the code")
         workdir = _checkout(ctx, spec, attempt.folder, settings.allow_file_git)
         if workdir is not None and spec.distributed.deepspeed_config is not None:
@@ -286,10 +289,13 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
                 options=options,
             )
             attempt.run(launch, client, run["run_id"])
-    outcome = attempt.outcome
+    return _result(cls.name, run, attempt.outcome)
+
+
+def _result(backend: str, run: dict[str, str] | None, outcome: Outcome) -> dict[str, Any]:
     raise_unless_succeeded(outcome, "training")
     return {
-        "backend": cls.name,
+        "backend": backend,
         "run_id": run["run_id"] if run else None,
         "experiment_id": run["experiment_id"] if run else None,
         "state": outcome.state,
@@ -297,23 +303,41 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlierRun:
+    """A run an earlier attempt started on the backend and never saw end: its worker
+    died (``train.run`` resumes interrupted attempts)."""
+
+    attempt: int
+    handle: str
+    run_id: str | None
+    experiment_id: str | None
+    key_id: str | None
+    started: datetime
+
+
 class Attempt:
     """One attempt of a job that runs a process on a backend with an MLflow run:
     ``train.run`` and ``train.evaluate`` alike. Made by :func:`backend_attempt`, which
     always cleans up after it (see :func:`_finish`)."""
 
-    def __init__(self, ctx: JobContext, backend: Backend, folder: Path) -> None:
+    def __init__(
+        self, ctx: JobContext, backend: Backend, folder: Path, earlier: EarlierRun | None
+    ) -> None:
         self.ctx = ctx
         self.backend = backend
         #: The attempt's private folder (removed when it ends).
         self.folder = folder
-        self.key_id: str | None = None
+        #: The run of an interrupted attempt that this one follows instead of starting one.
+        self.earlier = earlier
+        self.key_ids: list[str] = [earlier.key_id] if earlier and earlier.key_id else []
         self.handle: str | None = None
         self.outcome = Outcome("failed", reason="NotStarted", message="the run did not start")
 
     def mint_key(self, timeout: int) -> str:
         """An API key of the job's owner for the project's experiments (revoked at the end)."""
-        self.key_id, key = _mint_key(self.ctx.platform, self.ctx, timeout)
+        key_id, key = _mint_key(self.ctx.platform, self.ctx, timeout)
+        self.key_ids.append(key_id)
         return key
 
     def mlflow_client(self, key: str) -> httpx.Client:
@@ -341,19 +365,45 @@ class Attempt:
         _end_run(client, run_id, self.outcome)
         return self.outcome
 
+    def resume(self, timeout: int) -> dict[str, str] | None:
+        """Follow the earlier attempt's run to its end, as :meth:`run` follows its own
+        (the run's output so far is read again), and end its MLflow run to match.
+        ``timeout`` counts from when the earlier attempt began."""
+        ctx, backend, earlier = self.ctx, self.backend, self.earlier
+        assert earlier is not None
+        ctx.log(
+            f"[zhongtai] the run that attempt {earlier.attempt} started on {backend.name} "
+            "outlived its worker: following it again"
+        )
+        ctx.progress(None, f"running on {backend.name}")
+        self.handle = earlier.handle
+        remaining = max(1, int(timeout - (utcnow() - earlier.started).total_seconds()))
+        self.outcome = _watch(ctx, backend, earlier.handle, remaining)
+        if earlier.run_id is None or earlier.experiment_id is None:
+            return None
+        with self.mlflow_client(self.mint_key(60)) as client:
+            _end_run(client, earlier.run_id, self.outcome)
+        return {"run_id": earlier.run_id, "experiment_id": earlier.experiment_id}
+
 
 @contextlib.contextmanager
-def backend_attempt(ctx: JobContext, backend: Backend, *, gpus: int = 0) -> Iterator[Attempt]:
+def backend_attempt(
+    ctx: JobContext, backend: Backend, *, gpus: int = 0, resume: bool = False
+) -> Iterator[Attempt]:
     """Take over from an earlier attempt, make the attempt's folder, and whatever
-    happens inside the block: revoke the key, clean up on the backend, remove the
-    folder and record the outcome. A :class:`BackendError` fails the job with
-    :class:`TrainFailed`. ``gpus`` is what the attempt holds, all nodes together."""
+    happens inside the block: revoke the keys, clean up on the backend, remove the
+    folders and record the outcome. A :class:`BackendError` fails the job with
+    :class:`TrainFailed`. ``gpus`` is what the attempt holds, all nodes together.
+
+    An earlier attempt's run is stopped, unless ``resume`` and that attempt was
+    interrupted while its run went on: then :attr:`Attempt.earlier` names the run,
+    for the block to follow (:meth:`Attempt.resume`) instead of starting another."""
     platform = ctx.platform
-    _take_over(platform, ctx, backend, gpus)
+    earlier = _take_over(platform, ctx, backend, gpus, resume=resume)
     folder = jobs_dir(platform) / ctx.job_id / f"a{ctx.attempt}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, mode=0o700)
-    attempt = Attempt(ctx, backend, folder)
+    attempt = Attempt(ctx, backend, folder, earlier)
     try:
         yield attempt
     except JobCancelled:
@@ -363,7 +413,10 @@ def backend_attempt(ctx: JobContext, backend: Backend, *, gpus: int = 0) -> Iter
         attempt.outcome = Outcome("failed", reason="BackendError", message=str(exc))
         raise TrainFailed(f"the {backend.name} backend failed: {exc}") from None
     finally:
-        _finish(platform, ctx, backend, attempt.handle, attempt.key_id, folder, attempt.outcome)
+        folders = [folder]
+        if earlier is not None:
+            folders.append(folder.parent / f"a{earlier.attempt}")
+        _finish(platform, ctx, backend, attempt.handle, attempt.key_ids, folders, attempt.outcome)
 
 
 def raise_unless_succeeded(outcome: Outcome, what: str) -> None:
@@ -380,12 +433,36 @@ def raise_unless_succeeded(outcome: Outcome, what: str) -> None:
         raise TrainFailed(f"{what} failed ({outcome.reason}){detail}{tail}")
 
 
-def _take_over(platform: Platform, ctx: JobContext, backend: Backend, gpus: int) -> None:
-    """Stop what an earlier attempt of this job left on a backend; record this attempt."""
+#: States of a run whose attempt never recorded its end (see :func:`_finish`).
+_UNFINISHED = frozenset({"pending", "running"})
+
+
+def _take_over(
+    platform: Platform, ctx: JobContext, backend: Backend, gpus: int, *, resume: bool
+) -> EarlierRun | None:
+    """Record this attempt. The run of an earlier one that its worker's death left
+    going is returned (``resume``) or stopped, as is what a failed one left behind."""
     with platform.db.transaction() as session:
         row = session.get(TrainJob, ctx.job_id)
         earlier = row.handle if row is not None else None
         earlier_backend = row.backend if row is not None else None
+        if (
+            resume
+            and row is not None
+            and row.handle is not None
+            and row.state in _UNFINISHED
+            and row.backend == backend.name
+        ):
+            adopted = EarlierRun(
+                attempt=row.attempt,
+                handle=row.handle,
+                run_id=row.run_id,
+                experiment_id=row.experiment_id,
+                key_id=row.api_key_id,
+                started=row.created_at,
+            )
+            row.attempt, row.gpus = ctx.attempt, gpus
+            return adopted
         if row is None:
             row = TrainJob(job_id=ctx.job_id, project_id=ctx.project_id, backend=backend.name)
             session.add(row)
@@ -409,6 +486,7 @@ def _take_over(platform: Platform, ctx: JobContext, backend: Backend, gpus: int)
             previous.cleanup(earlier)
         except Exception as exc:
             ctx.log(f"[zhongtai] could not stop the earlier attempt: {exc}")
+    return None
 
 
 def _save(platform: Platform, job_id: str, **values: Any) -> None:
@@ -778,12 +856,20 @@ def _finish(
     ctx: JobContext,
     backend: Backend,
     handle: str | None,
-    key_id: str | None,
-    folder: Path,
+    key_ids: list[str],
+    folders: list[Path],
     outcome: Outcome,
 ) -> None:
     from zhongtai.identity.apikeys import revoke_api_key
 
+    with platform.db.transaction() as session:
+        row = session.get(TrainJob, ctx.job_id)
+        superseded = row is not None and row.attempt != ctx.attempt
+    if superseded:
+        # Its worker was taken for dead and a later attempt follows the run now: leave
+        # the run, its folder and the record to that one.
+        ctx.log("[zhongtai] a later attempt has taken this run over")
+        handle, folders = None, folders[:0]
     if handle is not None:
         try:
             if not outcome.final:
@@ -791,12 +877,15 @@ def _finish(
             backend.cleanup(handle)
         except Exception:
             log.warning("job %s: cleaning up on %s failed", ctx.job_id, backend.name, exc_info=True)
-    if key_id is not None:
+    for key_id in key_ids:
         with platform.db.transaction() as session, contextlib.suppress(LookupError):
             revoke_api_key(session, key_id)
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parent.rmdir()  # the job's folder, once its last attempt's is gone
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # the job's folder, once its last attempt's is gone
+    if superseded:
+        return
     _save(
         platform,
         ctx.job_id,
@@ -816,4 +905,5 @@ TRAIN_RUN = JobType(
     resources=Resources(cpu=1.0, memory_mb=2048, gpus=0),
     permission=JOB_RUN.name,
     check=check_spec,
+    resume_interrupted=True,
 )

@@ -25,7 +25,10 @@ log file in the run's folder, read incrementally by :meth:`LocalBackend.read_log
 
 The handle records the group's leader pid with its start time (from ``/proc``), so a
 worker that did not start the run — after a crash — can still tell whether it runs
-and stop it, without ever signalling a process that merely reused the pid.
+and stop it, without ever signalling a process that merely reused the pid. Each rank's
+command runs under :mod:`~zhongtai_train.backends.exit_status`, which writes how it
+ended to a file next to the log: such a worker learns the real exit code too, not
+only that the run is over.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from itertools import count
@@ -58,6 +63,7 @@ from zhongtai_train.backends import (
 __all__ = ["LocalBackend", "LocalOptions"]
 
 LOG_NAME = "output.log"
+_EXIT_STATUS = str(Path(__file__).with_name("exit_status.py"))
 MAX_READ = 4 * 1024 * 1024  # bytes of log read per call
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -167,8 +173,14 @@ class LocalBackend(Backend):
             base["CUDA_VISIBLE_DEVICES"] = ""
         elif "CUDA_VISIBLE_DEVICES" not in launch.env:
             base["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(launch.requirements.gpus))
+        _check_command(launch.argv[0], launch.workdir, {**base, **launch.env})
         port = _free_port()
         cores = _cores(launch.requirements.cpu)
+        cpus = ",".join(str(core) for core in sorted(cores)) if cores is not None else ""
+        statuses = [
+            str(log_path.parent / f"exit-{rank}.json")
+            for rank in range(launch.distributed.procs_per_node)
+        ]
         processes: list[subprocess.Popen[bytes]] = []
         try:
             with log_path.open("ab") as log:
@@ -185,7 +197,7 @@ class LocalBackend(Backend):
                         ),
                     }
                     process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
-                        list(launch.argv),
+                        [*_recorder(statuses[rank], cpus), *launch.argv],
                         cwd=launch.workdir,
                         env=env,
                         stdin=subprocess.DEVNULL,
@@ -195,8 +207,6 @@ class LocalBackend(Backend):
                         close_fds=True,
                     )
                     processes.append(process)
-                    if cores is not None:
-                        os.sched_setaffinity(process.pid, cores)
         except OSError as exc:
             for process in processes:
                 _kill_group(process.pid, signal.SIGKILL)
@@ -210,6 +220,7 @@ class LocalBackend(Backend):
                 "pids": [p.pid for p in processes],  # each leads its own process group
                 "started": _start_time(leader_pid),
                 "log": str(log_path),
+                "status": statuses,
                 "memory": launch.requirements.memory_mb * 2**20,
                 "grace": float(getattr(launch.options, "grace_seconds", 10.0)),
             },
@@ -239,9 +250,14 @@ class LocalBackend(Backend):
             if bad:
                 return _failed(bad[0])
             return Outcome("succeeded", exit_code=0)
-        # A run another process started: all that can be told is whether it still runs.
+        # A run another process started (one that died): its ranks' records tell.
         if _alive(info):
             return self._within_memory(info)
+        codes = [_recorded_exit(path) for path in info.get("status", [])]
+        if codes and all(code is not None for code in codes):
+            self._stop(info)  # whatever the ranks left behind in their groups
+            bad = [code for code in codes if code]
+            return _failed(bad[0]) if bad else Outcome("succeeded", exit_code=0)
         return Outcome(
             "failed",
             reason="WorkerLost",
@@ -376,6 +392,30 @@ def _alive(info: dict[str, Any]) -> bool:
     except OSError:
         return False
     return state[state.rindex(")") + 2] != "Z"
+
+
+def _recorder(status: str, cpus: str) -> list[str]:
+    """The command line of :mod:`exit_status` before a rank's own argument list."""
+    return [sys.executable, "-I", "-S", _EXIT_STATUS, status, cpus, "--"]
+
+
+def _check_command(command: str, workdir: Path, env: dict[str, str]) -> None:
+    """Refuse a command that cannot start, as starting it directly would."""
+    if "/" in command:
+        path = (workdir / command).resolve()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BackendError(f"could not start {command!r}: not an executable file")
+    elif shutil.which(command, path=env.get("PATH", os.defpath)) is None:
+        raise BackendError(f"could not start {command!r}: not found on PATH")
+
+
+def _recorded_exit(path: str) -> int | None:
+    """The exit code :mod:`exit_status` recorded at ``path`` (None: none recorded)."""
+    try:
+        with open(path) as record:
+            return int(json.load(record)["exit_code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
