@@ -53,8 +53,11 @@ class Tracked:
 
 
 @contextmanager
-def tracked_platform(home: Path, **overrides: Any) -> Iterator[Tracked]:
-    """A platform with the train plugin served on a free port, its MLflow server up."""
+def tracked_platform(
+    home: Path, plugins: tuple[str, ...] = ("train",), **overrides: Any
+) -> Iterator[Tracked]:
+    """A platform with the train plugin (and ``plugins``) served on a free port, its
+    MLflow server up."""
     from zhongtai.settings import load_settings
     from zhongtai.web.app import create_app
     from zhongtai_train.tracking import tracking
@@ -76,7 +79,7 @@ def tracked_platform(home: Path, **overrides: Any) -> Iterator[Tracked]:
             recorder = EventRecorder()
             app = create_app(
                 settings,
-                plugins=["train"],
+                plugins=list(plugins),
                 extra_plugins=[("eventrecorder", recorder)],
                 schema="upgrade",
             )

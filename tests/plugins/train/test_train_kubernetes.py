@@ -9,6 +9,7 @@ in-memory fake of the API (``k8s_fake``) whose Job status the tests drive.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -237,10 +238,14 @@ def test_an_input_a_pod_cannot_reach_is_refused() -> None:
     )
     with pytest.raises(SpecError, match="not under data_root"):
         backend.check(outside)
-    # At submission the inputs are not fetched yet (no path, no uri): check lets them by,
-    # but a launch that still has neither cannot be built.
+    # At submission the inputs are not fetched yet (no path, no uri): check lets them by
+    # when a claim can bring them and refuses them otherwise; a launch that still has
+    # neither cannot be built.
     unknown = make_launch(inputs=(InputMount("x", "v", None, None),))
-    backend.check(unknown)
+    with pytest.raises(SpecError, match="data_volume_claim") as refused:
+        backend.check(unknown)
+    assert refused.value.field == "inputs"
+    backend.check(dataclasses.replace(unknown, options=KubernetesOptions(data_volume_claim="zt")))
     with pytest.raises(SpecError, match="a pod cannot reach its files"):
         backend.build(unknown)
 

@@ -416,3 +416,107 @@ def test_without_ray_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "ray.job_submission", None)
     with pytest.raises(BackendError, match=r"zhongtai-train\[ray\]"):
         RayBackend(None).submit(make_launch(tmp_path, ["python"], "http://127.0.0.1:2"))
+
+
+# --------------------------------------------------------------------------- train.run on Ray
+
+JOB_TRAIN = """
+import os, sys
+
+import mlflow
+
+inputs = os.environ["ZT_INPUT_TABLE"]
+rows = open(os.path.join(inputs, "table.csv")).read().splitlines()[1:]
+print("input", inputs, "rows", len(rows), flush=True)
+print("argv", sys.argv[1:], flush=True)
+for step in range(3):
+    mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+mlflow.log_metric("rows", len(rows))
+print("done", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_platform(
+    ray_head: str, tmp_path_factory: pytest.TempPathFactory, start_tracked: Any
+) -> Iterator[Any]:
+    """The platform (train and data plugins) sending training jobs to the module's head."""
+    from zhongtai_train.tracking import settings_of
+
+    home = tmp_path_factory.mktemp("train-ray") / "home"
+    with start_tracked(home, plugins=("train", "data")) as tracked:
+        settings = settings_of(tracked.platform)
+        settings.job_tracking_uri = f"{tracked.url}/mlflow"
+        settings.allow_file_git = True
+        settings.backend_options = {"ray": {"address": ray_head}}
+        yield tracked
+
+
+def test_a_training_job_runs_on_the_ray_head_with_its_dataset_input(
+    ray_platform: Any, tmp_path: Path, git_code: Any
+) -> None:
+    import httpx
+
+    t = ray_platform
+    user, project = t.identity.project_with("developer")
+    key = t.identity.api_key(user, project=project)
+    headers = {"Authorization": f"Bearer {key}"}
+    api = f"{t.url}/api/v1/data/datasets"
+    dataset = httpx.post(api, json={"project": project.id, "name": "table"}, headers=headers)
+    assert dataset.status_code == 201, dataset.text
+    draft = httpx.post(f"{api}/{dataset.json()['id']}/versions", json={}, headers=headers)
+    ref = draft.json()["id"]
+    added = httpx.post(
+        f"{api}/{dataset.json()['id']}/versions/{ref}/files",
+        data={"path": "table.csv"},
+        files={"file": ("table.csv", b"x,y\n1,2\n3,4\n5,6\n", "text/csv")},
+        headers=headers,
+    )
+    assert added.status_code == 201, added.text
+    version = httpx.post(
+        f"{api}/{dataset.json()['id']}/versions/{ref}/commit", json={}, headers=headers
+    ).json()["id"]
+    (tmp_path / "code").mkdir()
+    url, commit = git_code(tmp_path / "code", {"train.py": JOB_TRAIN})
+    pwn = Path(f"/tmp/pwn-{uuid.uuid4().hex}")
+    answer = httpx.post(
+        f"{t.url}/api/v1/jobs",
+        json={
+            "type": "train.run",
+            "project": project.id,
+            "params": {
+                "code": {"kind": "git", "url": url, "commit": commit},
+                "backend": "ray",
+                "resources": {"cpu": 0.25, "memory_mb": 256},
+                "args": [f"0.1; touch {pwn}", "$(id)"],
+                "inputs": [{"name": "table", "dataset_version": version}],
+                "experiment": "on-ray",
+            },
+        },
+        headers=headers,
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    job_id = answer.json()["id"]
+    deadline = time.monotonic() + 180
+    while True:
+        job = httpx.get(f"{t.url}/api/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    lines = [
+        item["line"]
+        for item in httpx.get(
+            f"{t.url}/api/v1/jobs/{job_id}/logs", params={"limit": 1000}, headers=headers
+        ).json()["items"]
+    ]
+    assert job["status"] == "succeeded", (job, lines)
+    assert job["result"]["backend"] == "ray"
+    # The input travelled with the code (a path inside Ray's working_dir).
+    assert "input .zt-inputs/table rows 3" in lines, "\n".join(lines)
+    assert f"argv ['0.1; touch {pwn}', '$(id)']" in lines, lines
+    assert not pwn.exists()
+    run = httpx.get(f"{t.url}/api/v1/train/runs/{job['result']['run_id']}", headers=headers).json()
+    assert run["metrics"]["rows"]["value"] == 3
+    assert run["status"] == "FINISHED"

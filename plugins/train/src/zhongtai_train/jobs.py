@@ -89,6 +89,8 @@ log = logging.getLogger("zhongtai.train.jobs")
 POLL_SECONDS = 0.5
 FIRST_POLL = 0.05  # the first looks at a starting run; growing to POLL_SECONDS
 DEEPSPEED_FILE = "deepspeed_config.json"
+#: Where dataset inputs go inside the code's folder on a backend that ships the folder.
+INPUTS_FOLDER = ".zt-inputs"
 TAIL_LINES = 10  # lines of a failed run's output quoted in the job's error
 GIT_TIMEOUT = 600  # seconds for the checkout
 KEY_MARGIN = timedelta(minutes=15)  # the code's key outlives the deadline by this much
@@ -182,10 +184,6 @@ def check_spec(platform: Platform, session: Session, project_id: str, spec: Base
                 raise InvalidParams(
                     f"inputs.{index}.dataset_version", "no such committed version in this project"
                 )
-        if cls.name != "local":
-            raise InvalidParams(
-                "inputs", f"dataset inputs are not yet supported on the {cls.name} backend"
-            )
     try:
         cls(platform).check(_launch_for_check(spec, options))
     except SpecError as exc:
@@ -263,13 +261,19 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
         if workdir is not None and spec.distributed.deepspeed_config is not None:
             # Next to the code, so every backend that ships the folder ships it too.
             (workdir / DEEPSPEED_FILE).write_text(json.dumps(spec.distributed.deepspeed_config))
-        inputs = _materialize_inputs(ctx, spec, attempt.folder)
+        inputs = _materialize_inputs(
+            ctx,
+            spec,
+            workdir / INPUTS_FOLDER
+            if cls.ships_workdir and workdir is not None
+            else attempt.folder / "inputs",
+        )
         timeout = spec.timeout or MAX_RUN_SECONDS
         key = attempt.mint_key(timeout)
         with attempt.mlflow_client(key) as client:
             run = _start_run(ctx, client, spec, cls.name)
             _save(platform, ctx.job_id, run_id=run["run_id"], experiment_id=run["experiment_id"])
-            env = _environment(platform, ctx, spec, run, key, inputs)
+            env = _environment(platform, ctx, spec, run, key)
             launch = Launch(
                 job_id=ctx.job_id,
                 project_id=ctx.project_id,
@@ -594,7 +598,7 @@ def _unpack(ctx: JobContext, code: ArchiveCode, folder: Path) -> Path:
     return workdir
 
 
-def _materialize_inputs(ctx: JobContext, spec: TrainSpec, folder: Path) -> tuple[InputMount, ...]:
+def _materialize_inputs(ctx: JobContext, spec: TrainSpec, root: Path) -> tuple[InputMount, ...]:
     if not spec.inputs:
         return ()
     from zhongtai_data.local import place_blob
@@ -603,7 +607,9 @@ def _materialize_inputs(ctx: JobContext, spec: TrainSpec, folder: Path) -> tuple
     platform = ctx.platform
     mounts = []
     for item in spec.inputs:
-        target = folder / "inputs" / item.name
+        target = root / item.name
+        if target.exists():
+            raise TrainFailed(f"input {item.name}: the code already holds {target}")
         target.mkdir(parents=True)
         with platform.db.session() as session:
             files = list(
@@ -742,8 +748,9 @@ def _environment(
     spec: TrainSpec,
     run: dict[str, str],
     key: str,
-    inputs: tuple[InputMount, ...],
 ) -> dict[str, str]:
+    """The job's variables for the code; backends add ``ZT_INPUT_<NAME>`` for each input
+    (what their nodes see) and the distributed ones."""
 
     env = dict(spec.env)
     env.update(
@@ -757,10 +764,6 @@ def _environment(
             "ZT_HYPERPARAMETERS": json.dumps(spec.hyperparameters, sort_keys=True),
         }
     )
-    for mount in inputs:
-        where = str(mount.path) if mount.path is not None else mount.uri
-        if where:
-            env[f"ZT_INPUT_{mount.name.upper()}"] = where
     if spec.distributed.deepspeed_config is not None:
         # A path relative to the working directory where the code has a folder; the
         # JSON itself for an image.

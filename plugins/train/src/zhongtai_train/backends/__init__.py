@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -52,6 +53,7 @@ __all__ = [
     "Requirements",
     "SpecError",
     "distributed_env",
+    "input_variable",
 ]
 
 NAMESPACE = "zhongtai_train.backends"
@@ -206,6 +208,10 @@ class Backend(abc.ABC):
     needs_workdir: ClassVar[bool] = True
     #: Whether ``Launch.image`` means anything here.
     runs_images: ClassVar[bool] = False
+    #: Whether the backend copies ``Launch.workdir`` to the nodes that run the code
+    #: (Ray's working_dir): the job then places dataset inputs inside it, so that they
+    #: travel with the code.
+    ships_workdir: ClassVar[bool] = False
     #: Options only the operator may set (the setting ``backend_options``), never a job:
     #: where the cluster is and with which credentials. A job that could name them
     #: could send its code and its MLflow token to a host of its choosing, or make the
@@ -256,6 +262,12 @@ class Backend(abc.ABC):
             "needs_workdir": cls.needs_workdir,
             "options_schema": cls.options_model.model_json_schema(),
         }
+
+
+def input_variable(name: str) -> str:
+    """``ZT_INPUT_<NAME>``: the variable that tells the code where input ``name`` is
+    (each backend sets it to what its nodes see: a folder, a mount, a URI)."""
+    return "ZT_INPUT_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
 
 
 def distributed_env(

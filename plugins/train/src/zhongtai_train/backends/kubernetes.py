@@ -52,6 +52,7 @@ from zhongtai_train.backends import (
     LogChunk,
     Outcome,
     SpecError,
+    input_variable,
 )
 
 if TYPE_CHECKING:
@@ -249,11 +250,6 @@ def secret_name(job: str) -> str:
     return f"{job}-env"
 
 
-def input_variable(name: str) -> str:
-    """``ZT_INPUT_<NAME>``: where the code finds input ``name``."""
-    return "ZT_INPUT_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
-
-
 # --------------------------------------------------------------------------- backend
 
 
@@ -301,7 +297,16 @@ class KubernetesBackend(Backend):
             raise SpecError("timeout", "must be at least one second")
         for item in launch.inputs:
             if item.path is None and item.uri is None:
-                continue  # at submission, before the inputs are fetched: not known yet
+                # At submission, before the inputs are fetched: they will be folders
+                # under the platform's data, which pods reach only through the claim.
+                if options.data_volume_claim is None:
+                    raise SpecError(
+                        "inputs",
+                        "pods reach dataset inputs through the claim that holds the "
+                        "platform's data: the operator sets backend_options.kubernetes."
+                        "data_volume_claim",
+                    )
+                continue
             self._input_source(item.name, item.path, item.uri, options)
         self._check_kubeconfig(options)
 

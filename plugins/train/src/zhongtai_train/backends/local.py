@@ -58,6 +58,7 @@ from zhongtai_train.backends import (
     Outcome,
     SpecError,
     distributed_env,
+    input_variable,
 )
 
 __all__ = ["LocalBackend", "LocalOptions"]
@@ -173,6 +174,10 @@ class LocalBackend(Backend):
             base["CUDA_VISIBLE_DEVICES"] = ""
         elif "CUDA_VISIBLE_DEVICES" not in launch.env:
             base["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(launch.requirements.gpus))
+        for mount in launch.inputs:
+            where = str(mount.path) if mount.path is not None else mount.uri
+            if where is not None:
+                base.setdefault(input_variable(mount.name), where)
         _check_command(launch.argv[0], launch.workdir, {**base, **launch.env})
         port = _free_port()
         cores = _cores(launch.requirements.cpu)

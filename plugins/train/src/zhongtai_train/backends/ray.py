@@ -47,6 +47,7 @@ from zhongtai_train.backends import (
     LogChunk,
     Outcome,
     SpecError,
+    input_variable,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class RayBackend(Backend):
     options_model: ClassVar[type[BaseModel]] = RayOptions
     needs_workdir: ClassVar[bool] = True
     runs_images: ClassVar[bool] = False
+    ships_workdir: ClassVar[bool] = True
     operator_options: ClassVar[frozenset[str]] = frozenset({"address"})
 
     def __init__(self, platform: Platform | None = None) -> None:
@@ -401,7 +403,7 @@ def _env(launch: Launch, workdir: Path) -> dict[str, str]:
     (relative to the code when it is inside it, since Ray ships that folder)."""
     env = dict(launch.env)
     for mount in launch.inputs:
-        variable = "ZT_INPUT_" + re.sub(r"[^A-Z0-9]", "_", mount.name.upper())
+        variable = input_variable(mount.name)
         if variable in env:
             continue
         if mount.uri is not None:
