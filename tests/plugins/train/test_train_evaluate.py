@@ -596,6 +596,26 @@ def test_code_from_an_uploaded_archive_trains_on_dataset_inputs(ev):
     assert run["metrics"]["rows"]["value"] == 60
     assert run["tags"]["zhongtai.dataset_version"] == e.version_id
     assert run["tags"]["zhongtai.code_archive"] == f"{code}:code.tar.gz"
+    # Lineage: the dataset versions → the job → its MLflow run.
+    from sqlalchemy import or_, select
+
+    from zhongtai.metadata.lineage import LineageEdge
+
+    run_id = job["result"]["run_id"]
+    with e.platform.db.session() as session:
+        edges = {
+            (edge.source_kind, edge.source_id, edge.relation, edge.target_kind, edge.target_id)
+            for edge in session.scalars(
+                select(LineageEdge).where(
+                    or_(LineageEdge.target_id == job["id"], LineageEdge.source_id == job["id"])
+                )
+            )
+        }
+    assert edges == {
+        ("data.version", e.version_id, "input", "job", job["id"]),
+        ("data.version", code, "code", "job", job["id"]),
+        ("job", job["id"], "produced", "train.run", run_id),
+    }
 
 
 def test_a_hostile_code_archive_is_refused_and_nothing_escapes(ev):

@@ -52,6 +52,7 @@ from sqlalchemy import select
 
 from zhongtai.hooks.events import utcnow
 from zhongtai.jobs import InvalidParams, JobCancelled, JobContext, JobType, Resources
+from zhongtai.metadata.lineage import EntityRef
 from zhongtai_train.backends import (
     NAMESPACE,
     Backend,
@@ -63,6 +64,7 @@ from zhongtai_train.backends import (
     Requirements,
     SpecError,
 )
+from zhongtai_train.events import DATA_VERSION_KIND, RUN_KIND
 from zhongtai_train.models import TrainJob
 from zhongtai_train.permissions import EXPERIMENT_READ, EXPERIMENT_WRITE, JOB_RUN
 from zhongtai_train.spec import ArchiveCode, GitCode, ImageCode, TrainSpec, relative_path
@@ -89,6 +91,7 @@ log = logging.getLogger("zhongtai.train.jobs")
 POLL_SECONDS = 0.5
 FIRST_POLL = 0.05  # the first looks at a starting run; growing to POLL_SECONDS
 DEEPSPEED_FILE = "deepspeed_config.json"
+JOB_KIND = "job"  # a platform job, as a lineage entity
 #: Where dataset inputs go inside the code's folder on a backend that ships the folder.
 INPUTS_FOLDER = ".zt-inputs"
 TAIL_LINES = 10  # lines of a failed run's output quoted in the job's error
@@ -273,6 +276,7 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
         with attempt.mlflow_client(key) as client:
             run = _start_run(ctx, client, spec, cls.name)
             _save(platform, ctx.job_id, run_id=run["run_id"], experiment_id=run["experiment_id"])
+            _record_lineage(ctx, spec, run["run_id"])
             env = _environment(platform, ctx, spec, run, key)
             launch = Launch(
                 job_id=ctx.job_id,
@@ -294,6 +298,16 @@ def run_training(ctx: JobContext, spec: TrainSpec) -> dict[str, Any]:
             )
             attempt.run(launch, client, run["run_id"])
     return _result(cls.name, run, attempt.outcome)
+
+
+def _record_lineage(ctx: JobContext, spec: TrainSpec, run_id: str) -> None:
+    """Dataset versions (inputs, a code archive) → this job → its MLflow run."""
+    job = EntityRef(JOB_KIND, ctx.job_id)
+    for item in spec.inputs:
+        ctx.record_lineage(EntityRef(DATA_VERSION_KIND, item.dataset_version), job, "input")
+    if isinstance(spec.code, ArchiveCode):
+        ctx.record_lineage(EntityRef(DATA_VERSION_KIND, spec.code.dataset_version), job, "code")
+    ctx.record_lineage(job, EntityRef(RUN_KIND, run_id), "produced")
 
 
 def _result(backend: str, run: dict[str, str] | None, outcome: Outcome) -> dict[str, Any]:
