@@ -25,6 +25,7 @@ from typing import Any
 from zhongtai.identity.access import NotFound
 from zhongtai.ui import Panel, View
 from zhongtai.ui.core_pages import call_api
+from zhongtai_train.permissions import JOB_RUN
 
 __all__ = ["LIVE_STATUSES", "MAX_COMPARE", "PANELS", "SYSTEM_PREFIX"]
 
@@ -214,8 +215,11 @@ def _run(view: View) -> Mapping[str, Any]:
     for item in files:
         item["name"] = item["path"].rsplit("/", 1)[-1]
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    with view.platform.db.session() as session:
+        can_run = view.access.has(session, JOB_RUN.name, project_id=run["project"])
     return {
         "run": run,
+        "can_run": can_run,  # the evaluation form's link
         "experiment": experiment,
         "duration": duration(run["started_at"], run["ended_at"]),
         "params": sorted(run["params"].items()),

@@ -112,6 +112,7 @@ def on_event(event: Event, platform: Platform) -> None:
 @zhongtai.hookimpl
 def register_panels() -> list[Panel]:
     from zhongtai_train.evaluate import EVALUATION_PANELS
+    from zhongtai_train.forms import FORM_PANELS
     from zhongtai_train.gpus import GPU_PANELS
     from zhongtai_train.panels import PANELS
     from zhongtai_train.quotas import QUOTA_PANELS
@@ -125,6 +126,7 @@ def register_panels() -> list[Panel]:
         *QUOTA_PANELS,
         *SWEEP_PANELS,
         *EVALUATION_PANELS,
+        *FORM_PANELS,
     ]
 
 

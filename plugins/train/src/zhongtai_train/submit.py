@@ -20,7 +20,7 @@ import yaml
 from litestar import Request, post
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from zhongtai.identity.guard import AccessDep, requires
 from zhongtai.jobs import InvalidParams
@@ -31,9 +31,10 @@ from zhongtai_train.spec import TrainSpec
 
 if TYPE_CHECKING:
     from zhongtai.identity.guard import Access
+    from zhongtai.jobs import JobType
     from zhongtai.platform import Platform
 
-__all__ = ["SUBMIT_ROUTES", "load_spec", "submit_run"]
+__all__ = ["SUBMIT_ROUTES", "load_spec", "submit_job", "submit_run"]
 
 MAX_SPEC_BYTES = 256 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -114,28 +115,43 @@ def submit_training(
 
 
 def submit_run(platform: Platform, access: Access, project: str, spec: TrainSpec) -> dict[str, Any]:
-    """Queue a ``train.run`` job of ``project`` for the caller, with the checks and the
-    audit record of ``POST /api/v1/jobs``; the job as the jobs API shows it.
+    """Queue a ``train.run`` job of ``project`` for the caller (see :func:`submit_job`)."""
+    from zhongtai_train.jobs import TRAIN_RUN
+
+    return submit_job(platform, access, project, TRAIN_RUN, spec)
+
+
+def submit_job(
+    platform: Platform, access: Access, project: str, job_type: JobType, params: BaseModel
+) -> dict[str, Any]:
+    """Queue a job of one of this plugin's types (``train.run``, ``train.sweep``,
+    ``train.evaluate``) in ``project`` for the caller, with the checks and the audit
+    record of ``POST /api/v1/jobs``; the job as the jobs API shows it. The spec file
+    route and the UI's forms all submit through here.
 
     Raises:
-        NotFound, Forbidden: the caller may not start training in the project.
-        InvalidParams: the spec's check refused it (422 naming the field).
+        NotFound, Forbidden: the caller may not start the job in the project.
+        InvalidParams: the job type's check refused the parameters (422 naming the field).
         JobRefused: admission refused it (429).
     """
     from zhongtai.identity.permissions import JOBS_SUBMIT
     from zhongtai.jobs.api import job_dict
     from zhongtai.jobs.engine import jobs_engine
-    from zhongtai_train.jobs import TRAIN_RUN
 
     engine = jobs_engine(platform)
     engine.driver.check()
     with platform.db.transaction() as session:
         # A project the caller cannot see is a 404 (require's answer), one it may not
-        # train in a 403.
-        access.require(session, project_id=project, permission=JOB_RUN)
+        # start the job in a 403.
+        if job_type.permission is not None:
+            access.require(session, project_id=project, permission=job_type.permission)
         access.require(session, project_id=project, permission=JOBS_SUBMIT)
         job = engine.submit(
-            session, job_type=TRAIN_RUN, project_id=project, principal=access.principal, params=spec
+            session,
+            job_type=job_type,
+            project_id=project,
+            principal=access.principal,
+            params=params,
         )
         access.audit(action="job.submit", target_kind="job", target_id=job.id, project_id=project)
         answer = job_dict(job)

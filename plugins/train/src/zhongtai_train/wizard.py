@@ -18,14 +18,26 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from zhongtai.identity.access import NotFound
 from zhongtai.ui import Panel, Redirect, View
 
-__all__ = ["STEPS", "WIZARD_PANELS", "form_to_spec", "parse_pairs"]
+if TYPE_CHECKING:
+    from zhongtai.jobs import JobType
+
+__all__ = [
+    "STEPS",
+    "WIZARD_PANELS",
+    "api_request",
+    "check_params",
+    "form_to_spec",
+    "parse_pairs",
+    "project_choices",
+    "scalar",
+]
 
 STEPS = ("code", "data", "resources", "review")
 INPUT_ROWS = 3
@@ -74,7 +86,7 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _scalar(text: str) -> bool | int | float | str:
+def scalar(text: str) -> bool | int | float | str:
     """A hyperparameter's value as typed: true/false, an integer, a number, else text."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
@@ -148,7 +160,7 @@ def form_to_spec(form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str
         spec["run_name"] = get("run_name")
     hyper, problems = parse_pairs(str(form.get("hyperparameters") or ""), "hyperparameters")
     errors.update(problems)
-    spec["hyperparameters"] = {k: _scalar(v) for k, v in hyper.items()}
+    spec["hyperparameters"] = {k: scalar(v) for k, v in hyper.items()}
     env, problems = parse_pairs(str(form.get("env") or ""), "env")
     errors.update(problems)
     spec["env"] = env
@@ -168,34 +180,42 @@ def _where(loc: str) -> tuple[int, str]:
     return _FIELDS.get(best, (2, "_"))
 
 
+def check_params(
+    view: View, job_type: JobType, params: Mapping[str, Any]
+) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    """``params`` checked as ``POST /api/v1/jobs`` checks them for ``job_type`` in the
+    current project: the schema first, then the type's ``check`` (backend, options,
+    datasets, quota, …). The validated params (None if the schema refused them) and
+    every problem as (location in the params, message)."""
+    from zhongtai.jobs import InvalidParams
+
+    try:
+        validated = job_type.params.model_validate(params)
+    except ValidationError as exc:
+        return None, [
+            (".".join(str(part) for part in err["loc"]), str(err["msg"])) for err in exc.errors()
+        ]
+    if view.project is None:
+        return validated, [("_", "choose a project first")]
+    if job_type.check is not None:
+        with view.platform.db.session() as session:
+            try:
+                job_type.check(view.platform, session, view.project.id, validated)
+            except InvalidParams as exc:
+                return validated, [(exc.field, exc.message)]
+    return validated, []
+
+
 def _validate(view: View, spec: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """Every problem of the spec: message -> (step, field), the schema's and the
-    platform's (backend, options, datasets, quota) alike."""
-    from zhongtai.jobs import InvalidParams
+    platform's alike."""
     from zhongtai_train.jobs import TRAIN_RUN
-    from zhongtai_train.spec import TrainSpec
 
-    found: dict[str, tuple[int, str]] = {}
-    try:
-        validated = TrainSpec.model_validate(spec)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"])
-            found[str(err["msg"])] = _where(loc)
-        return found
-    if view.project is None:
-        found["choose a project first"] = (0, "_")
-        return found
-    assert TRAIN_RUN.check is not None
-    with view.platform.db.session() as session:
-        try:
-            TRAIN_RUN.check(view.platform, session, view.project.id, validated)
-        except InvalidParams as exc:
-            found[exc.message] = _where(exc.field)
-    return found
+    _validated, problems = check_params(view, TRAIN_RUN, spec)
+    return {message: (0, "_") if loc == "_" else _where(loc) for loc, message in problems}
 
 
-def _choices(view: View) -> dict[str, Any]:
+def project_choices(view: View) -> dict[str, Any]:
     """The backends installed and the project's committed dataset versions."""
     from zhongtai.drivers import available_drivers
     from zhongtai_train.backends import NAMESPACE
@@ -225,9 +245,10 @@ def _choices(view: View) -> dict[str, Any]:
     }
 
 
-def _request_for(view: View, spec: dict[str, Any]) -> dict[str, str]:
-    """The API request the wizard will make, as JSON and as a ``curl`` command."""
-    body = {"type": "train.run", "project": view.project.id if view.project else "", "params": spec}
+def api_request(view: View, job_type: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """The ``POST /api/v1/jobs`` request a form makes, as JSON and as a ``curl`` command
+    (the wizard's review step, the sweep and evaluation forms)."""
+    body = {"type": job_type, "project": view.project.id if view.project else "", "params": params}
     text = json.dumps(body, indent=2, ensure_ascii=False)
     base = view.platform.settings.base_url.rstrip("/")
     curl = (
@@ -260,9 +281,9 @@ def _wizard(
         "steps": STEPS,
         "form": form,
         "errors": dict(errors or {}),
-        "request": _request_for(view, spec) if step == 3 else None,
+        "request": api_request(view, "train.run", spec) if step == 3 else None,
         "input_rows": range(INPUT_ROWS),
-        **_choices(view),
+        **project_choices(view),
     }
 
 
@@ -332,6 +353,7 @@ def _job(view: View) -> Mapping[str, Any]:
         view.access.require(session, project_id=job.project_id, permission=READ)
         row = session.get(TrainJob, job.id)
         finished = job.status in FINISHED
+        can_run = view.access.has(session, RUN, project_id=job.project_id)
         data = {
             "job": {
                 "id": job.id,
@@ -351,6 +373,7 @@ def _job(view: View) -> Mapping[str, Any]:
             "run_id": row.run_id if row else None,
             "state": row.state if row else "queued",
             "reason": row.reason if row else "",
+            "can_run": can_run,  # the sweep and evaluation forms' links
         }
     run_id = data["run_id"]
     data["series_url"] = f"/api/v1/train/runs/{run_id}/metrics/" if run_id else None
