@@ -1,16 +1,19 @@
 """A small in-memory fake of the Kubernetes API, for the kubernetes backend's tests.
 
 It serves, over plain HTTP on 127.0.0.1, just the endpoints the official client calls for
-the backend: Jobs (create, read, delete), Secrets (create, read, merge-patch, delete),
-pods (list by label selector) and pod logs (``container``, ``timestamps``, ``sinceTime``).
+the backend: Jobs (create, read, delete), Secrets and Services (create, read,
+merge-patch, delete), pods (list by a label selector of comma-separated ``key=value``
+terms) and pod logs (``container``, ``timestamps``, ``sinceTime``).
 Objects are stored as the JSON the client sent; the test drives what a cluster would do
 (Job status and conditions, pods, log lines, failures) through the methods below.
 
 What it does *not* do: no scheduling, kubelet or Job controller (nothing runs; status only
-changes when a test sets it), no admission or schema validation (the tests validate the
-manifests against the official schemas separately), no resourceVersion conflicts, no
-watches, and garbage collection only in the simple form "deleting a Job deletes its pods
-and the objects it owns".
+changes when a test sets it; an Indexed Job's pods exist only when a test adds them, with
+the index it names), no DNS and no endpoints behind a Service, no admission or schema
+validation (the tests validate the manifests against the official schemas separately),
+no resourceVersion conflicts, no watches, no set-based selectors (``in``, ``!=``), and
+garbage collection only in the simple form "deleting a Job deletes its pods and the
+objects it owns".
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ TOKEN = "fake-cluster-token"
 
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?$")
 _SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+_SERVICES = re.compile(r"^/api/v1/namespaces/([^/]+)/services(?:/([^/]+))?$")
+_INDEX = "batch.kubernetes.io/job-completion-index"
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 _LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z$")
@@ -74,6 +79,7 @@ class FakeKubernetes:
 
     jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     logs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
@@ -108,13 +114,22 @@ class FakeKubernetes:
             status.setdefault("conditions", []).append(condition)
 
     def add_pod(
-        self, namespace: str, job: str, name: str, *, created: str, phase: str = "Pending"
+        self,
+        namespace: str,
+        job: str,
+        name: str,
+        *,
+        created: str,
+        phase: str = "Pending",
+        index: int | None = None,
     ) -> None:
-        """A pod of Job ``job``, labelled as the Job controller labels them."""
+        """A pod of Job ``job``, labelled as the Job controller labels them; ``index``:
+        its completion index in an Indexed Job (label and annotation, as from 1.28)."""
         with self.lock:
             owner = self.jobs[(namespace, job)]
             uid = owner["metadata"]["uid"]
             container = owner["spec"]["template"]["spec"]["containers"][0]
+            indexed: dict[str, str] = {} if index is None else {_INDEX: str(index)}
             self.pods[(namespace, name)] = {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -129,7 +144,9 @@ class FakeKubernetes:
                         "batch.kubernetes.io/job-name": job,
                         "controller-uid": uid,
                         "batch.kubernetes.io/controller-uid": uid,
+                        **indexed,
                     },
+                    "annotations": indexed,
                     "ownerReferences": [
                         {"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": uid}
                     ],
@@ -229,6 +246,8 @@ class FakeKubernetes:
                 return self._objects(self.jobs, "jobs", method, match, query, headers, body)
             if match := _SECRETS.match(path):
                 return self._objects(self.secrets, "secrets", method, match, query, headers, body)
+            if match := _SERVICES.match(path):
+                return self._objects(self.services, "services", method, match, query, headers, body)
             if (match := _PODS.match(path)) and method == "GET":
                 return self._list_pods(match.group(1), query)
             if (match := _LOG.match(path)) and method == "GET":
@@ -276,6 +295,10 @@ class FakeKubernetes:
         if method == "DELETE":
             del store[(namespace, name)]
             self._collect(current["metadata"]["uid"])
+            if resource == "services":
+                # The API server answers with the deleted Service (its storage returns the
+                # deleted object), and the client reads the answer as a V1Service.
+                return 200, current, "application/json"
             return (
                 200,
                 {"kind": "Status", "apiVersion": "v1", "status": "Success"},
@@ -285,7 +308,7 @@ class FakeKubernetes:
 
     def _collect(self, uid: str) -> None:
         """Garbage collection: what the deleted object owned goes with it."""
-        for store in (self.jobs, self.secrets, self.pods):
+        for store in (self.jobs, self.secrets, self.services, self.pods):
             for key, item in list(store.items()):
                 owners = item["metadata"].get("ownerReferences") or []
                 if any(owner.get("uid") == uid for owner in owners):

@@ -29,6 +29,7 @@ from zhongtai_train.backends import (
     Launch,
     Requirements,
     SpecError,
+    distributed_env,
 )
 from zhongtai_train.backends.kubernetes import (
     KubernetesBackend,
@@ -106,6 +107,12 @@ LAUNCHES = {
             ttl_seconds_after_finished=0,
         )
     ),
+    "multi-node": lambda: make_launch(
+        distributed=Distributed(nodes=4),
+        requirements=Requirements(cpu=8, memory_mb=65536, gpus=8),
+        inputs=(InputMount("train_set", "v1", Path("/srv/zt/objects/ds/a/v1"), None),),
+        options=KubernetesOptions(data_volume_claim="zt-data", data_root="/srv/zt"),
+    ),
 }
 
 
@@ -163,12 +170,53 @@ def test_the_job_name_keeps_the_attempt_within_63_characters() -> None:
     assert job_name(make_launch(attempt=1)) != job_name(make_launch(attempt=2))
 
 
+def kubelet_expand(text: str, variables: dict[str, str]) -> str:
+    """What Kubernetes makes of ``$(NAME)`` and ``$$`` in ``command`` and ``env`` values
+    (a port of ``third_party/forked/golang/expansion``): a defined variable's value, one
+    ``$`` for two, anything else as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "$" and i + 1 < len(text):
+            if text[i + 1] == "$":
+                out.append("$")
+                i += 2
+                continue
+            end = text.find(")", i + 2) if text[i + 1] == "(" else -1
+            if end != -1:
+                name = text[i + 2 : end]
+                out.append(variables.get(name, f"$({name})"))
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
 def test_command_is_an_argument_list_never_a_shell() -> None:
-    argv = ("python", "train.py", "--lr", "0.1; touch /tmp/pwn", "$(id)", "a b", "'q'")
-    container = container_of(job_of(KubernetesBackend().build(make_launch(argv=argv))))
-    assert container["command"] == list(argv)
+    argv = (
+        "python",
+        "train.py",
+        "--lr",
+        "0.1; touch /tmp/pwn",
+        "$(id)",
+        "$(SEED)",
+        "$$(SEED)",
+        "cost$",
+        "a b",
+        "'q'",
+    )
+    launch = make_launch(argv=argv, env={"SEED": "7", "PRICE": "$(SEED) $5"})
+    container = container_of(job_of(KubernetesBackend().build(launch)))
     assert "args" not in container
     assert "sh" not in container["command"] and "-c" not in container["command"]
+    # Kubernetes would put the value of SEED in place of "$(SEED)": each argument and
+    # variable reaches the code as the user wrote it.
+    variables: dict[str, str] = {}
+    for item in container["env"]:  # each value may name the variables before it
+        if "value" in item:
+            variables[item["name"]] = kubelet_expand(item["value"], variables)
+    assert [kubelet_expand(arg, variables) for arg in container["command"]] == list(argv)
+    assert variables == {"SEED": "7", "PRICE": "$(SEED) $5"}
 
 
 def test_the_secret_variable_lives_only_in_the_secret() -> None:
@@ -250,6 +298,114 @@ def test_an_input_a_pod_cannot_reach_is_refused() -> None:
         backend.build(unknown)
 
 
+def multi_node(nodes: int = 4, **changes: Any) -> Launch:
+    return make_launch(distributed=Distributed(nodes=nodes), **changes)
+
+
+def service_of(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    [service] = [m for m in manifests if m["kind"] == "Service"]
+    return service
+
+
+def test_several_nodes_run_as_an_indexed_job_behind_a_headless_service() -> None:
+    options = KubernetesOptions(namespace="ml", backoff_limit=1, ttl_seconds_after_finished=60)
+    launch = multi_node(4, options=options, timeout=7200)
+    manifests = KubernetesBackend().build(launch)
+    assert [m["kind"] for m in manifests] == ["Secret", "Service", "Job"]
+    for manifest in manifests:
+        validate(manifest)
+    job, service = job_of(manifests), service_of(manifests)
+    name = job["metadata"]["name"]
+
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    # What a one-node Job has, it keeps.
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60
+    assert job["metadata"]["labels"] == launch.labels()
+
+    assert service["metadata"] == {
+        "name": service["metadata"]["name"],
+        "namespace": "ml",
+        "labels": launch.labels(),
+    }
+    assert service["spec"]["clusterIP"] == "None"  # headless: a DNS name per pod
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"] == [
+        {"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}
+    ]
+    # The Service selects exactly this attempt's pods, and the pods join its subdomain.
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["zhongtai.io/attempt"] == str(launch.attempt)
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+
+    env = {item["name"]: item for item in container_of(job)["env"]}
+    index = {
+        "fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        }
+    }
+    master = f"{name}-0.{service['metadata']['name']}"  # index 0's pod, through the Service
+    fixed = {
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": master,
+        "MASTER_PORT": "29500",
+        "PET_NNODES": "4",
+        "PET_MASTER_ADDR": master,
+        "PET_MASTER_PORT": "29500",
+    }
+    assert {key: env[key].get("value") for key in fixed} == fixed
+    for rank in ("RANK", "NODE_RANK", "GROUP_RANK", "PET_NODE_RANK"):
+        assert env[rank] == {"name": rank, "valueFrom": index}
+    # The same names as the local backend sets (distributed_env), nothing missing.
+    local = distributed_env(
+        launch.distributed, node_rank=0, local_rank=0, master_addr="x", master_port=1
+    )
+    assert set(local) <= set(env)
+    # The token stays in the Secret.
+    assert TOKEN_VALUE not in json.dumps(job) + json.dumps(service)
+
+
+def test_one_node_has_no_service_and_no_rank_variables() -> None:
+    manifests = KubernetesBackend().build(make_launch())
+    assert [m["kind"] for m in manifests] == ["Secret", "Job"]
+    job = job_of(manifests)
+    assert "completionMode" not in job["spec"]
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    names = {item["name"] for item in container_of(job)["env"]}
+    assert not names & {"WORLD_SIZE", "RANK", "MASTER_ADDR", "PET_NNODES"}
+
+
+def test_the_pods_host_names_keep_within_63_characters() -> None:
+    launch = multi_node(256, name="t" * 63, attempt=12)
+    manifests = KubernetesBackend().build(launch)
+    job, service = job_of(manifests), service_of(manifests)
+    name = job["metadata"]["name"]
+    assert name.endswith("-a12")
+    assert len(f"{name}-255") <= 63  # the host name of the last pod
+    assert len(service["metadata"]["name"]) <= 63
+    for manifest in manifests:
+        validate(manifest)
+    # One node keeps the name it had.
+    assert job_name(make_launch(name="t" * 63, attempt=12)) == "t" * 59 + "-a12"
+
+
+def test_the_platform_says_where_the_nodes_are_not_the_user() -> None:
+    env = {"PET_MASTER_ADDR": "evil.example", "PET_NNODES": "99", "SEED": "7"}
+    job = job_of(KubernetesBackend().build(multi_node(2, env=env, secret_env=frozenset())))
+    entries = container_of(job)["env"]
+    names = [item["name"] for item in entries]
+    assert len(names) == len(set(names))
+    values = {item["name"]: item.get("value") for item in entries}
+    assert values["PET_NNODES"] == "2"
+    assert values["PET_MASTER_ADDR"] == values["MASTER_ADDR"] != "evil.example"
+    assert values["SEED"] == "7"
+
+
 # --------------------------------------------------------------------------- options, check
 
 
@@ -294,8 +450,8 @@ def test_good_options_pass() -> None:
     ("changes", "field"),
     [
         ({"image": None, "workdir": Path("/tmp/code")}, "code"),
-        ({"distributed": Distributed(nodes=2)}, "distributed.nodes"),
         ({"distributed": Distributed(procs_per_node=4)}, "distributed.procs_per_node"),
+        ({"distributed": Distributed(nodes=2, procs_per_node=8)}, "distributed.procs_per_node"),
     ],
 )
 def test_check_refuses_what_it_cannot_run(changes: dict[str, Any], field: str) -> None:
@@ -303,6 +459,14 @@ def test_check_refuses_what_it_cannot_run(changes: dict[str, Any], field: str) -
         KubernetesBackend().check(make_launch(**changes))
     assert caught.value.field == field
     KubernetesBackend().check(make_launch())  # and the plain launch passes
+
+
+def test_check_takes_several_nodes_and_says_how_to_use_several_gpus() -> None:
+    KubernetesBackend().check(make_launch(distributed=Distributed(nodes=256)))
+    with pytest.raises(SpecError) as caught:
+        KubernetesBackend().check(make_launch(distributed=Distributed(procs_per_node=8)))
+    assert "torchrun" in caught.value.message
+    assert "PET_" in caught.value.message
 
 
 def test_check_refuses_a_kubeconfig_inside_the_platforms_data(tmp_path: Path) -> None:
@@ -602,3 +766,186 @@ def test_credentials_and_context_come_from_the_kubeconfig(
 def test_a_handle_that_is_not_ours_is_refused() -> None:
     with pytest.raises(BackendError, match="not a kubernetes backend handle"):
         KubernetesBackend().poll("ray:raysubmit_123")
+
+
+# --------------------------------------------------------------- several nodes, against the fake
+
+
+def test_submit_creates_the_service_before_the_job_and_the_job_owns_it(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    backend = KubernetesBackend()
+    launch = multi_node(3, options=options)
+    manifests = backend.build(launch)
+    handle = backend.submit(launch)
+    job, service = job_of(manifests), service_of(manifests)
+    name, service_name = job["metadata"]["name"], service["metadata"]["name"]
+    assert handle.startswith(f"ml/{name}?nodes=3&")
+
+    stored_job = fake.jobs[("ml", name)]
+    stored_service = fake.services[("ml", service_name)]
+    assert server_fields(stored_job) == job
+    assert server_fields(stored_service) == service
+    validate(server_fields(stored_service))
+    # The pods' names resolve from their start: the Service comes first.
+    assert [(r.method, r.path.rsplit("/", 2)[-2:]) for r in fake.requests] == [
+        ("POST", ["ml", "secrets"]),
+        ("POST", ["ml", "services"]),
+        ("POST", ["ml", "jobs"]),
+        ("PATCH", ["secrets", f"{name}-env"]),
+        ("PATCH", ["services", service_name]),
+    ]
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": name,
+        "uid": stored_job["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+    assert stored_service["metadata"]["ownerReferences"] == [owner]
+    assert fake.secrets[("ml", f"{name}-env")]["metadata"]["ownerReferences"] == [owner]
+
+    # Kubernetes deletes the Service with the Job (cancel, or the Job's TTL).
+    backend.cancel(handle)
+    assert fake.jobs == {} and fake.services == {} and fake.secrets == {}
+
+
+def test_a_retry_takes_its_own_service_and_refuses_another_attempts(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    launch = multi_node(2, options=options)
+    first = KubernetesBackend().submit(launch)
+    assert KubernetesBackend().submit(launch) == first  # the worker died after submit
+    assert len(fake.services) == 1 and len(fake.jobs) == 1
+
+    # A Service of that name left by another job: neither taken nor removed.
+    other = multi_node(2, options=options, job_id="01jother0000000000000000000")
+    fake.jobs.clear()
+    fake.secrets.clear()
+    [(key, service)] = list(fake.services.items())
+    service["metadata"]["labels"] = other.labels()
+    service["metadata"].pop("ownerReferences")
+    with pytest.raises(BackendError, match=r"Service .* already exists and was not created for"):
+        KubernetesBackend().submit(launch)
+    assert fake.jobs == {}  # no Job to find a Service that is not its own
+    assert fake.secrets == {}  # the Secret made for it was removed again
+    assert fake.services[key]["metadata"]["labels"] == other.labels()
+
+
+def test_a_failure_creating_the_job_removes_the_service_and_the_secret(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    fake.fail("POST", "/jobs$", 500, "etcdserver: request timed out")
+    with pytest.raises(BackendError, match="etcdserver"):
+        KubernetesBackend().submit(multi_node(2, options=options))
+    assert fake.jobs == {} and fake.services == {} and fake.secrets == {}
+    assert len(fake.calls("DELETE", "/services/")) == 1
+    # And a failure creating the Service leaves neither a Secret nor a Job behind.
+    fake.fail("POST", "/services$", 403, 'services is forbidden: User "x" cannot create')
+    with pytest.raises(BackendError, match="forbidden"):
+        KubernetesBackend().submit(multi_node(2, options=options))
+    assert fake.jobs == {} and fake.services == {} and fake.secrets == {}
+
+
+def test_cleanup_removes_the_job_the_secret_and_the_service(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    backend = KubernetesBackend()
+    launch = multi_node(2, options=options)
+    handle = backend.submit(launch)
+    name = job_name(launch)
+    # Even when they did not get their owner (the PATCH failed), cleanup finds them.
+    fake.secrets[("ml", f"{name}-env")]["metadata"].pop("ownerReferences")
+    fake.services[("ml", name)]["metadata"].pop("ownerReferences")
+    backend.cleanup(handle)
+    assert fake.jobs == {} and fake.secrets == {} and fake.services == {}
+    assert len(fake.calls("DELETE", "/services/")) == 1
+    KubernetesBackend().cleanup(handle)  # all three 404: fine
+
+    # One node has no Service: cleanup does not ask for one (nor the right to delete it).
+    before = len(fake.calls("DELETE", "/services/"))
+    KubernetesBackend().cleanup(KubernetesBackend().submit(make_launch(options=options)))
+    assert len(fake.calls("DELETE", "/services/")) == before
+
+
+def test_several_nodes_show_the_logs_of_index_0(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    backend = KubernetesBackend()
+    launch = multi_node(2, options=options, attempt=2)
+    handle = backend.submit(launch)
+    name = job_name(launch)
+    for index in (1, 0):  # rank 1 happens to start first
+        pod = f"{name}-{index}-x"
+        fake.add_pod("ml", name, pod, created=f"2030-01-01T00:00:0{index}Z", index=index)
+        fake.set_pod("ml", pod, phase="Running")
+        fake.log("ml", pod, "2030-01-01T00:00:05Z", f"rank {index} epoch 1")
+        fake.log("ml", pod, "2030-01-01T00:00:06Z", f"rank {index} epoch 2")
+    first = backend.read_logs(handle, None)
+    assert first.lines == ["rank 0 epoch 1", "rank 0 epoch 2"]
+    [query] = {tuple(r.query["labelSelector"]) for r in fake.calls("GET", "/pods$")}
+    assert query == (f"job-name={name},batch.kubernetes.io/job-completion-index=0",)
+
+    # Index 0's pod replaced (backoff_limit > 0): its lines follow, still none of rank 1.
+    fake.log("ml", f"{name}-0-x", "2030-01-01T00:00:07Z", "rank 0 dies")
+    fake.set_pod("ml", f"{name}-0-x", phase="Failed", exit_code=1)
+    fake.add_pod("ml", name, f"{name}-0-y", created="2030-01-01T00:01:00Z", index=0)
+    fake.set_pod("ml", f"{name}-0-y", phase="Running")
+    fake.log("ml", f"{name}-0-y", "2030-01-01T00:01:01Z", "rank 0 again")
+    fake.log("ml", f"{name}-1-x", "2030-01-01T00:01:02Z", "rank 1 epoch 3")
+    assert backend.read_logs(handle, first.cursor).lines == ["rank 0 dies", "rank 0 again"]
+
+
+@pytest.mark.parametrize(
+    ("condition", "reason", "state", "exit_code"),
+    [
+        ("Complete", "CompletionsReached", "succeeded", 0),
+        ("Failed", "BackoffLimitExceeded", "failed", 2),
+        ("Failed", "DeadlineExceeded", "failed", 2),
+    ],
+)
+def test_poll_maps_an_indexed_jobs_conditions(
+    fake: FakeKubernetes,
+    options: KubernetesOptions,
+    condition: str,
+    reason: str,
+    state: str,
+    exit_code: int,
+) -> None:
+    backend = KubernetesBackend()
+    launch = multi_node(2, options=options)
+    handle = backend.submit(launch)
+    name = job_name(launch)
+    fake.set_job_status("ml", name, active=2)
+    fake.add_pod("ml", name, f"{name}-1-x", created="2030-01-01T00:00:00Z", index=1)
+    fake.add_pod("ml", name, f"{name}-0-x", created="2030-01-01T00:00:01Z", index=0)
+    fake.set_pod("ml", f"{name}-1-x", phase="Running")
+    assert backend.poll(handle).state == "running"
+
+    # Rank 1 fails first; rank 0 ends after it: the failure's code is rank 1's.
+    fake.set_pod("ml", f"{name}-1-x", phase="Failed", exit_code=2 if state == "failed" else 0)
+    fake.set_pod("ml", f"{name}-0-x", phase="Succeeded", exit_code=0)
+    fake.set_job_status("ml", name, active=0)
+    fake.add_condition("ml", name, condition, reason, "the controller's words")
+    outcome = backend.poll(handle)
+    assert (outcome.state, outcome.reason, outcome.exit_code) == (
+        state,
+        "Complete" if state == "succeeded" else reason,
+        exit_code,
+    )
+    assert len(fake.calls("POST", "/jobs$")) == 1  # no retries of the backend's own
+
+
+def test_handles_of_earlier_versions_still_parse(
+    fake: FakeKubernetes, options: KubernetesOptions
+) -> None:
+    backend = KubernetesBackend()
+    handle = backend.submit(make_launch(options=options))
+    assert "nodes=" not in handle  # one node: the handle it always was
+    old = f"ml/{job_name(make_launch())}?kubeconfig={options.kubeconfig}"
+    assert backend.poll(old).state == "pending"
+    backend.cleanup(old)
+    assert fake.jobs == {} and fake.secrets == {}
+    for bad in ("ml/x?nodes=0", "ml/x?nodes=two", "ml/x?nodes=100000"):
+        with pytest.raises(BackendError, match="not a kubernetes backend handle"):
+            backend.poll(bad)

@@ -67,6 +67,12 @@ RESERVED_ENV: frozenset[str] = frozenset(
         "MASTER_ADDR",
         "MASTER_PORT",
         "CUDA_VISIBLE_DEVICES",
+        # torchrun's options as variables, which the kubernetes backend sets on
+        # multi-node runs.
+        "PET_NNODES",
+        "PET_NODE_RANK",
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
     }
 )
 RESERVED_PREFIXES = ("MLFLOW_", "ZT_", "ZHONGTAI_")

@@ -6,6 +6,22 @@ run gets reaches the pod as data, never through a shell: the command is the cont
 ``command`` argument list, variables are ``env`` entries, and the ones named in
 ``Launch.secret_env`` (the run's MLflow token) live in the Secret, so the Job's spec,
 which anyone who may read Jobs in the namespace sees, holds only a ``secretKeyRef``.
+Kubernetes replaces ``$(NAME)`` in ``command`` and in ``env`` values with the
+container's variables; every ``$`` of the run's own strings is written as ``$$`` (which
+Kubernetes turns back into ``$``), so they reach the code unchanged.
+
+A run of ``distributed.nodes`` N > 1 is an Indexed Job of N pods (``completionMode:
+Indexed``, ``completions`` = ``parallelism`` = N), one process per pod, plus a headless
+Service named like the Job that gives each pod the DNS name ``<job>-<index>.<service>``.
+The pods get the ``torchrun`` variables of :func:`~zhongtai_train.backends.distributed_env`:
+``MASTER_ADDR`` is index 0's name, ``MASTER_PORT`` is :data:`MASTER_PORT`, and ``RANK``,
+``NODE_RANK`` and ``GROUP_RANK`` come from the pod's completion index through the
+downward API. They also get ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
+``PET_MASTER_PORT``, which ``torchrun`` reads for its options, so an entry point that
+starts ``torchrun --nproc-per-node=G`` itself spreads over the nodes with no ``$(…)`` in
+its arguments. The backend does not start ``torchrun`` for ``procs_per_node`` > 1: that
+would mean wrapping the run's command in a launcher the image may not have, so
+:meth:`KubernetesBackend.check` refuses it and says how to start ``torchrun`` instead.
 
 Kubernetes does the retrying and the time keeping: ``backoffLimit`` (0 by default)
 bounds the pods the Job may start, ``activeDeadlineSeconds`` is the run's timeout, and
@@ -14,14 +30,14 @@ Job controller gives up it says why in a ``Failed`` condition (``BackoffLimitExc
 ``DeadlineExceeded``), which :meth:`KubernetesBackend.poll` hands on as the outcome's
 reason; the backend adds no retries of its own.
 
-The handle is ``<namespace>/<job name>`` (plus ``?context=…&kubeconfig=…`` when those
-options were given), so a worker that picks the job up after a crash finds the same
-cluster and Job without the spec. The client is loaded into an ``ApiClient`` of its
-own (``kubeconfig`` option, else the in-cluster service account, else ``$KUBECONFIG``
-or ``~/.kube/config``), never into the client's global configuration. Reading logs
-passes ``sinceTime``, which the generated ``read_namespaced_pod_log`` does not offer,
-through the client's own request builder: this needs the ``kubernetes`` client 37 or
-later.
+The handle is ``<namespace>/<job name>`` (plus ``?nodes=N&context=…&kubeconfig=…``
+when the run has several nodes or those options were given), so a worker that picks the
+job up after a crash finds the same cluster, Job and Service without the spec. The
+client is loaded into an ``ApiClient`` of its own (``kubeconfig`` option, else the
+in-cluster service account, else ``$KUBECONFIG`` or ``~/.kube/config``), never into
+the client's global configuration. Reading logs passes ``sinceTime``, which the
+generated ``read_namespaced_pod_log`` does not offer, through the client's own request
+builder: this needs the ``kubernetes`` client 37 or later.
 
 The ``kubernetes`` package is imported only when a method talks to a cluster, so the
 backend can be listed (and its options validated) where the client is not installed.
@@ -52,6 +68,7 @@ from zhongtai_train.backends import (
     LogChunk,
     Outcome,
     SpecError,
+    distributed_env,
     input_variable,
 )
 
@@ -66,6 +83,10 @@ log = logging.getLogger("zhongtai.train")
 
 CONTAINER = "train"
 DATA_MOUNT = "/data"  # inputs mounted from ``data_volume_claim`` appear under it
+#: The rendezvous port of a multi-node run: ``MASTER_PORT``, and the Service's port.
+MASTER_PORT = 29500
+#: The annotation (and, from Kubernetes 1.28, the label) with a pod's completion index.
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 #: (connect, read) seconds for every API call: a call may block the worker only briefly.
 TIMEOUT = (5.0, 30.0)
 
@@ -204,21 +225,31 @@ def _label_value_ok(value: str) -> bool:
 
 @dataclass(frozen=True)
 class _Where:
-    """What a handle names: the cluster (kubeconfig, context) and the Job in it."""
+    """What a handle names: the cluster (kubeconfig, context), the Job in it, and how
+    many nodes the run has (more than one: an Indexed Job with a Service)."""
 
     namespace: str
     job: str
     kubeconfig: str | None = None
     context: str | None = None
+    nodes: int = 1
 
     @property
     def secret(self) -> str:
         return secret_name(self.job)
 
+    @property
+    def service(self) -> str:
+        return service_name(self.job)
+
     def handle(self) -> str:
         extra = {
             key: value
-            for key, value in (("context", self.context), ("kubeconfig", self.kubeconfig))
+            for key, value in (
+                ("nodes", str(self.nodes) if self.nodes > 1 else None),
+                ("context", self.context),
+                ("kubeconfig", self.kubeconfig),
+            )
             if value is not None
         }
         base = f"{self.namespace}/{self.job}"
@@ -226,28 +257,42 @@ class _Where:
 
     @classmethod
     def parse(cls, handle: str) -> _Where:
+        """Also reads the handles of earlier versions (no ``nodes``: one node)."""
         path, _, query = handle.partition("?")
         namespace, slash, job = path.partition("/")
         if not slash or not _LABEL.match(namespace) or not _LABEL.match(job):
             raise BackendError(f"not a kubernetes backend handle: {handle!r}")
         params = parse_qs(query, strict_parsing=False)
+        nodes = params.get("nodes", ["1"])[0]
+        if not (nodes.isdigit() and len(nodes) <= 5 and int(nodes) >= 1):
+            raise BackendError(f"not a kubernetes backend handle: {handle!r}")
         return cls(
             namespace=namespace,
             job=job,
             kubeconfig=params.get("kubeconfig", [None])[0],
             context=params.get("context", [None])[0],
+            nodes=int(nodes),
         )
 
 
 def job_name(launch: Launch) -> str:
     """The Job's name: the launch's name and ``-a<attempt>``, so each attempt has a Job
-    of its own (the name is shortened to keep within 63 characters)."""
+    of its own. It is shortened to keep within 63 characters, and for a run of several
+    nodes so that its pods' host names, ``<job>-<index>``, do too."""
     suffix = f"-a{launch.attempt}"
-    return launch.name[: 63 - len(suffix)].rstrip("-") + suffix
+    nodes = launch.distributed.nodes
+    room = 63 - len(suffix) - (len(f"-{nodes - 1}") if nodes > 1 else 0)
+    return launch.name[:room].rstrip("-") + suffix
 
 
 def secret_name(job: str) -> str:
     return f"{job}-env"
+
+
+def service_name(job: str) -> str:
+    """The headless Service of a multi-node run: the Job's name (a Service's must start
+    with a letter, so one that does not gets ``s-`` before it)."""
+    return job if job[:1].isalpha() else f"s-{job}"[:63].rstrip("-")
 
 
 # --------------------------------------------------------------------------- backend
@@ -280,18 +325,13 @@ class KubernetesBackend(Backend):
                 "the kubernetes backend runs a container image that carries the code: give "
                 "code as {kind: image, image: …}",
             )
-        if launch.distributed.nodes > 1:
-            raise SpecError(
-                "distributed.nodes",
-                "the kubernetes backend runs one node per job; multi-node training needs an "
-                "Indexed Job with a headless Service, which it does not create yet",
-            )
         if launch.distributed.procs_per_node > 1:
             raise SpecError(
                 "distributed.procs_per_node",
                 "the kubernetes backend starts one process per pod; to use several GPUs, "
                 "keep procs_per_node at 1 and start torchrun yourself (entry_point: "
-                "[torchrun, --nproc-per-node=N, train.py])",
+                "[torchrun, --nproc-per-node=N, train.py]); with several nodes torchrun "
+                "finds the others through the PET_* variables every pod gets",
             )
         if launch.timeout < 1:
             raise SpecError("timeout", "must be at least one second")
@@ -365,11 +405,16 @@ class KubernetesBackend(Backend):
 
     def build(self, launch: Launch) -> list[dict[str, Any]]:
         """The manifests :meth:`submit` creates, in order: the Secret (only when the run
-        has secret variables) and the Job. A pure function of ``launch``."""
+        has secret variables), the headless Service (only for several nodes) and the
+        Job. A pure function of ``launch``."""
         options = self._options(launch)
         if launch.image is None:
             raise BackendError("the kubernetes backend needs launch.image")
+        if launch.distributed.procs_per_node > 1:
+            raise BackendError("the kubernetes backend starts one process per pod")
+        nodes = launch.distributed.nodes
         name = job_name(launch)
+        service = service_name(name)
         labels = launch.labels()
         for key, value in labels.items():
             if not _label_key_ok(key) or not _label_value_ok(value):
@@ -377,15 +422,20 @@ class KubernetesBackend(Backend):
         metadata = {"name": name, "namespace": options.namespace, "labels": dict(labels)}
 
         manifests: list[dict[str, Any]] = []
+        ranks = _distributed_env(launch, name, service)
+        ours = {item["name"] for item in ranks}
         env: list[dict[str, Any]] = []
         secret_data: dict[str, str] = {}
         for var, value in launch.env.items():
+            if var in ours:
+                continue  # the run's topology is the platform's to say
             if var in launch.secret_env:
-                secret_data[var] = value
+                secret_data[var] = value  # secretKeyRef values are not expanded
                 ref = {"name": secret_name(name), "key": var}
                 env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
             else:
-                env.append({"name": var, "value": value})
+                env.append({"name": var, "value": _literal(value)})
+        env.extend(ranks)
         if secret_data:
             manifests.append(
                 {
@@ -407,7 +457,7 @@ class KubernetesBackend(Backend):
                 )
                 env.append({"name": input_variable(item.name), "value": mount_path})
             else:
-                env.append({"name": input_variable(item.name), "value": where})
+                env.append({"name": input_variable(item.name), "value": _literal(where)})
 
         req = launch.requirements
         resources: dict[str, dict[str, str]] = {
@@ -424,7 +474,7 @@ class KubernetesBackend(Backend):
             "name": CONTAINER,
             "image": launch.image,
             "imagePullPolicy": options.image_pull_policy,
-            "command": list(launch.argv),
+            "command": [_literal(arg) for arg in launch.argv],
             "env": env,
             "resources": resources,
             # The last lines of output become the failure message when the code dies.
@@ -447,18 +497,41 @@ class KubernetesBackend(Backend):
             claim = {"claimName": options.data_volume_claim, "readOnly": True}
             pod_spec["volumes"] = [{"name": "data", "persistentVolumeClaim": claim}]
 
+        job_spec: dict[str, Any] = {
+            "backoffLimit": options.backoff_limit,
+            "activeDeadlineSeconds": launch.timeout,
+            "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
+        }
+        if nodes > 1:
+            # Pod <job>-<index> for each index; with the subdomain, each is found in DNS
+            # as <job>-<index>.<service>.
+            job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+            pod_spec["subdomain"] = service
+            manifests.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {**metadata, "name": service},
+                    "spec": {
+                        "clusterIP": "None",
+                        # DNS names as soon as pods have addresses: rank 0 need not be
+                        # ready before the others look it up.
+                        "publishNotReadyAddresses": True,
+                        "selector": dict(labels),
+                        "ports": [
+                            {
+                                "name": "rendezvous",
+                                "port": MASTER_PORT,
+                                "targetPort": MASTER_PORT,
+                                "protocol": "TCP",
+                            }
+                        ],
+                    },
+                }
+            )
+        job_spec["template"] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
         manifests.append(
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": metadata,
-                "spec": {
-                    "backoffLimit": options.backoff_limit,
-                    "activeDeadlineSeconds": launch.timeout,
-                    "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
-                    "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-                },
-            }
+            {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
         )
         return manifests
 
@@ -485,18 +558,20 @@ class KubernetesBackend(Backend):
     # ---- the five calls
 
     def submit(self, launch: Launch) -> str:
-        from kubernetes.client import V1Job, V1Secret
+        from kubernetes.client import V1Job, V1Secret, V1Service
         from kubernetes.client.exceptions import ApiException
 
         options = self._options(launch)
-        manifests = self.build(launch)
-        job_manifest = manifests[-1]
-        secret_manifest = manifests[0] if len(manifests) == 2 else None
+        manifests = {manifest["kind"]: manifest for manifest in self.build(launch)}
+        job_manifest = manifests["Job"]
+        secret_manifest = manifests.get("Secret")
+        service_manifest = manifests.get("Service")
         where = _Where(
             namespace=options.namespace,
             job=job_manifest["metadata"]["name"],
             kubeconfig=options.kubeconfig,
             context=options.context,
+            nodes=launch.distributed.nodes,
         )
         core, batch = self._core(where), self._batch(where)
         if secret_manifest is not None:
@@ -523,7 +598,25 @@ class KubernetesBackend(Backend):
                         _content_type="application/merge-patch+json",
                         _request_timeout=TIMEOUT,
                     )
+        service_ours = False  # created here, or by an earlier try of this attempt
         try:
+            if service_manifest is not None:
+                # Before the Job, so that the pods' names resolve from their start.
+                with _api_errors(f"create Service {where.namespace}/{where.service}"):
+                    try:
+                        core.create_namespaced_service(
+                            where.namespace,
+                            V1Service.model_validate(service_manifest),
+                            _request_timeout=TIMEOUT,
+                        )
+                    except ApiException as exc:
+                        if exc.status != 409:
+                            raise
+                        existing_service = core.read_namespaced_service(
+                            where.service, where.namespace, _request_timeout=TIMEOUT
+                        )
+                        _same_attempt("Service", where.service, existing_service.metadata, launch)
+                service_ours = True
             with _api_errors(f"create Job {where.namespace}/{where.job}"):
                 try:
                     created = batch.create_namespaced_job(
@@ -540,16 +633,22 @@ class KubernetesBackend(Backend):
                     )
                     _same_attempt("Job", where.job, created.metadata, launch)
         except BackendError:
+            if service_ours:
+                self._delete_service(where, quiet=True)
             if secret_manifest is not None:
                 self._delete_secret(where, quiet=True)
             raise
         if secret_manifest is not None:
-            self._own_secret(where, created)
+            self._own(where, created, "Secret", where.secret)
+        if service_manifest is not None:
+            self._own(where, created, "Service", where.service)
         return where.handle()
 
-    def _own_secret(self, where: _Where, job: V1Job) -> None:
-        """Make the Job the Secret's owner, so Kubernetes deletes the Secret with the Job
-        (its TTL included). Failing that, :meth:`cleanup` still deletes it by name."""
+    def _own(
+        self, where: _Where, job: V1Job, kind: Literal["Secret", "Service"], name: str
+    ) -> None:
+        """Make the Job the owner of its Secret or Service, so Kubernetes deletes them with
+        the Job (its TTL included). Failing that, :meth:`cleanup` still deletes them."""
         uid = job.metadata.uid if job.metadata is not None else None
         if not uid:
             return
@@ -560,17 +659,19 @@ class KubernetesBackend(Backend):
             "uid": uid,
             "blockOwnerDeletion": False,
         }
+        core = self._core(where)
+        patch = core.patch_namespaced_secret if kind == "Secret" else core.patch_namespaced_service
         try:
-            with _api_errors(f"set the owner of Secret {where.namespace}/{where.secret}"):
-                self._core(where).patch_namespaced_secret(
-                    where.secret,
+            with _api_errors(f"set the owner of {kind} {where.namespace}/{name}"):
+                patch(
+                    name,
                     where.namespace,
                     {"metadata": {"ownerReferences": [owner]}},
                     _content_type="application/merge-patch+json",
                     _request_timeout=TIMEOUT,
                 )
         except BackendError as exc:
-            log.warning("%s; cleanup will delete the Secret instead", exc)
+            log.warning("%s; cleanup will delete the %s instead", exc, kind)
 
     def poll(self, handle: str) -> Outcome:
         from kubernetes.client.exceptions import ApiException
@@ -613,9 +714,12 @@ class KubernetesBackend(Backend):
         return Outcome("pending")
 
     def read_logs(self, handle: str, cursor: str | None) -> LogChunk:
+        """The log of the Job's pod, and of the pods that replaced it, one after another.
+        For several nodes, index 0's only (the pods run side by side): the other ranks'
+        logs are for ``kubectl logs``."""
         where = _Where.parse(handle)
         mark = _Cursor.parse(cursor)
-        pods = self._pods(where)
+        pods = self._pods(where, index=0 if where.nodes > 1 else None)
         if mark is not None:
             pods = [pod for pod in pods if _pod_key(pod) >= (mark.created, mark.pod)]
         lines: list[str] = []
@@ -666,6 +770,8 @@ class KubernetesBackend(Backend):
                     if exc.status != 404:
                         raise
             self._delete_secret(where, quiet=False)
+            if where.nodes > 1:  # one node has no Service (and may not be allowed any)
+                self._delete_service(where, quiet=False)
         finally:
             self._close()
 
@@ -688,11 +794,31 @@ class KubernetesBackend(Backend):
                 raise
             log.warning("%s", exc)
 
-    def _pods(self, where: _Where) -> list[V1Pod]:
-        """The Job's pods, oldest first."""
+    def _delete_service(self, where: _Where, *, quiet: bool) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            with _api_errors(f"delete Service {where.namespace}/{where.service}"):
+                try:
+                    self._core(where).delete_namespaced_service(
+                        where.service, where.namespace, _request_timeout=TIMEOUT
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        except BackendError as exc:
+            if not quiet:
+                raise
+            log.warning("%s", exc)
+
+    def _pods(self, where: _Where, index: int | None = None) -> list[V1Pod]:
+        """The Job's pods (those of completion ``index`` only, when given), oldest first."""
+        selector = f"job-name={where.job}"
+        if index is not None:
+            selector += f",{INDEX_KEY}={index}"  # the label: Kubernetes 1.28 or later
         with _api_errors(f"list the pods of Job {where.namespace}/{where.job}"):
             pods = self._core(where).list_namespaced_pod(
-                where.namespace, label_selector=f"job-name={where.job}", _request_timeout=TIMEOUT
+                where.namespace, label_selector=selector, _request_timeout=TIMEOUT
             )
         return sorted(pods.items or [], key=_pod_key)
 
@@ -725,17 +851,20 @@ class KubernetesBackend(Backend):
         return data if isinstance(data, str) else ""
 
     def _exit_code(self, where: _Where) -> int | None:
-        """The exit code of the newest pod's container, when it has one."""
+        """The exit code of the newest pod whose container failed, else of the newest
+        whose container ended (with several nodes, the rank that failed, not one that
+        ended after it)."""
         try:
             pods = self._pods(where)
         except BackendError:
             return None
-        for pod in reversed(pods):
-            for status in (pod.status.container_statuses if pod.status else None) or []:
-                state = status.state
-                if status.name == CONTAINER and state is not None and state.terminated:
-                    return int(state.terminated.exit_code)
-        return None
+        codes = [
+            int(status.state.terminated.exit_code)
+            for pod in reversed(pods)
+            for status in (pod.status.container_statuses if pod.status else None) or []
+            if status.name == CONTAINER and status.state is not None and status.state.terminated
+        ]
+        return next((code for code in codes if code != 0), codes[0] if codes else None)
 
     def _close(self) -> None:
         with self._lock:
@@ -796,6 +925,39 @@ def _raise_api(doing: str, exc: Any) -> NoReturn:
     raise BackendError(
         f"cannot {doing}: Kubernetes API {status}: {message or 'no message'}"
     ) from exc
+
+
+def _literal(text: str) -> str:
+    """``text`` as Kubernetes passes it on: it replaces ``$(NAME)`` in ``command`` and
+    ``env`` values with the variable and ``$$`` with ``$``, so each ``$`` is doubled."""
+    return text.replace("$", "$$")
+
+
+def _distributed_env(launch: Launch, job: str, service: str) -> list[dict[str, Any]]:
+    """The ``env`` entries of a multi-node run (none for one node): the names of
+    :func:`distributed_env`, with the ranks read from the pod's completion index, and
+    the ``PET_*`` options of a ``torchrun`` the entry point starts."""
+    distributed = launch.distributed
+    if distributed.nodes == 1:
+        return []
+    index = {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}
+    master = f"{job}-0.{service}"
+    # One process per pod (check() refuses more), so its rank is the node's.
+    fixed = distributed_env(
+        distributed, node_rank=0, local_rank=0, master_addr=master, master_port=MASTER_PORT
+    )
+    per_pod = {"RANK", "NODE_RANK", "GROUP_RANK"}
+    env = [
+        {"name": var, "valueFrom": index} if var in per_pod else {"name": var, "value": value}
+        for var, value in fixed.items()
+    ]
+    env += [
+        {"name": "PET_NNODES", "value": str(distributed.nodes)},
+        {"name": "PET_NODE_RANK", "valueFrom": index},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
+    return env
 
 
 def _same_attempt(kind: str, name: str, metadata: Any, launch: Launch) -> None:
