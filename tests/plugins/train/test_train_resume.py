@@ -36,6 +36,14 @@ deadline = time.time() + 120
 while not os.path.exists(release) and time.time() < deadline:
     time.sleep(0.05)
 print("finishing", flush=True)
+if os.environ.get("MLFLOW_RUN_ID"):
+    import mlflow
+
+    x = float(next(a for a in sys.argv if a.startswith("--x=")).split("=")[1]) if any(
+        a.startswith("--x=") for a in sys.argv
+    ) else 0.0
+    with mlflow.start_run():
+        mlflow.log_metric("loss", (x - 2) ** 2)
 sys.exit(int(os.environ.get("EXIT_CODE", "0")))
 """
 
@@ -44,13 +52,15 @@ WORKER = r"""
 import os, socket, sys, threading, time
 
 from zhongtai.hooks.events import utcnow
-from zhongtai.jobs.engine import JobEngine
+from zhongtai.jobs.engine import JOBS, JobEngine
 from zhongtai.jobs.models import Job
 from zhongtai.platform import bootstrap
 from zhongtai.settings import load_settings
 
 platform = bootstrap(load_settings(), schema="check")
-engine = JobEngine(platform)
+# An engine that runs only the job handed to it below; jobs it submits (a sweep's
+# trials) are queued in this process and picked up by the server's reconciler.
+engine = platform.stash[JOBS] = JobEngine(platform)
 
 
 def beat():
@@ -244,3 +254,68 @@ def _assert_settled(t: Any, key: str, job_id: str, mlflow_status: str) -> None:
     run = _get(t, key, "/mlflow/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == mlflow_status
     assert not (jobs_dir(t.platform) / job_id).exists()
+
+
+def test_a_sweep_whose_worker_dies_goes_on_with_the_trials_it_started(trainer, repo, tmp_path):
+    """The sweep resumes too: its next attempt watches the trial that was running (no
+    second job for it) and runs the rest of the budget."""
+    t = trainer
+    user, project = t.identity.project_with("developer")
+    key = t.identity.api_key(user, project=project)
+    url, commit = repo
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    answer = httpx.post(
+        f"{t.url}/api/v1/jobs",
+        json={
+            "type": "train.sweep",
+            "project": project.id,
+            "run_at": later,
+            "params": {
+                "trial": {
+                    "code": {"kind": "git", "url": url, "commit": commit},
+                    "env": {"RELEASE": str(tmp_path / "release")},
+                    "experiment": "resume-sweep",
+                },
+                "space": {"x": {"type": "float", "low": 0, "high": 4}},
+                "metric": "loss",
+                "sampler": "random",
+                "seed": 7,
+                "trials": 2,
+                "parallelism": 1,
+            },
+        },
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    sweep_id = answer.json()["id"]
+
+    def children() -> list[dict[str, Any]]:
+        items = _get(t, key, "/api/v1/jobs", project=project.id, type="train.run", limit=50)
+        return [job for job in items["items"] if job["parent"] == sweep_id]
+
+    worker = _spawn_worker(t, sweep_id, tmp_path / "worker.log")
+    try:
+        # The first trial's job runs (on this server: the worker's queue died with it).
+        first = _until(lambda: children() and children()[0], 90)
+        _until(lambda: "waiting for release" in _logs(t, key, first["id"]), 90)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    _until(lambda: _get(t, key, f"/api/v1/jobs/{sweep_id}")["attempts"] == 2, 60)
+    (tmp_path / "release").touch()
+    done = _until(
+        lambda: (
+            (job := _get(t, key, f"/api/v1/jobs/{sweep_id}"))["status"]
+            in ("succeeded", "failed", "cancelled")
+            and job
+        ),
+        180,
+    )
+    lines = _logs(t, key, sweep_id)
+    assert done["status"] == "succeeded", (done, lines)
+    assert (done["attempts"], done["interruptions"]) == (2, 1)
+    assert any("trial 0: continued" in line for line in lines), lines
+    trials = children()
+    assert len(trials) == 2 and all(job["status"] == "succeeded" for job in trials), trials
+    assert first["id"] in {job["id"] for job in trials}

@@ -857,6 +857,9 @@ TRAIN_SWEEP = JobType(
     resources=Resources(cpu=0.1, memory_mb=256, gpus=0),
     permission=JOB_RUN.name,
     check=check_sweep,
+    # Its trials are jobs of their own, and the study is in the database: an attempt
+    # whose worker died is picked up where it was (see _Sweep._resume).
+    resume_interrupted=True,
 )
 
 
