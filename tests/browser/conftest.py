@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,49 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+class Pages:
+    """What the tests do with pages: screenshots, waiting, and watching for errors."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def shot(self, page: Any, name: str) -> None:
+        """A full-page screenshot ``<name>.png`` in the screenshots folder."""
+        page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], object], seconds: float = 30) -> None:
+        """Poll from the test (the pages' CSP forbids the eval of wait_for_function)."""
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    @staticmethod
+    def watch_errors(page: Any) -> list[str]:
+        """Console errors (a CSP violation is one), script errors and failed requests;
+        not the browser's own request for /favicon.ico, which the platform does not
+        serve. The list fills as they happen."""
+        errors: list[str] = []
+
+        def console(message: Any) -> None:
+            if message.type == "error" and "favicon.ico" not in message.location.get("url", ""):
+                errors.append(f"{message.text} {message.location.get('url', '')}")
+
+        page.on("console", console)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "response",
+            lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        return errors
+
+
+@pytest.fixture
+def pages(screenshots: Path) -> Pages:
+    return Pages(screenshots)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,36 +37,6 @@ with mlflow.start_run(run_name="live-run") as run:
         time.sleep(0.3)
 print("DONE", flush=True)
 """
-
-
-def shot(page: Any, folder: Path, name: str) -> None:
-    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
-
-
-def wait_until(predicate: Any, seconds: float = 30) -> None:
-    """Poll from the test (the page's CSP forbids the eval of wait_for_function)."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def watch_errors(page: Any) -> list[str]:
-    """Console errors (a CSP violation is one), script errors and failed requests; not
-    the browser's own request for /favicon.ico, which the platform does not serve."""
-    errors: list[str] = []
-
-    def console(message: Any) -> None:
-        if message.type == "error" and "favicon.ico" not in message.location.get("url", ""):
-            errors.append(f"{message.text} {message.location.get('url', '')}")
-
-    page.on("console", console)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "response",
-        lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-    )
-    return errors
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +81,7 @@ def platform_url(
         os.environ.update(saved)
 
 
-def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screenshots, tmp_path):
+def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, pages, tmp_path):
     url, _platform, identity = platform_url
     user, project = identity.project_with("developer")
     key = identity.api_key(user, project=project)
@@ -126,7 +95,7 @@ def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screensh
 
     context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
     page = context.new_page()
-    errors = watch_errors(page)
+    errors = pages.watch_errors(page)
     page.goto(f"{url}/ui/login")
     page.fill("#email", user.email)
     page.fill("#password", ZtIdentity.DEFAULT_PASSWORD)
@@ -150,11 +119,11 @@ def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screensh
         # From the navigation to the experiment, then to the run, while it runs.
         page.click("[data-panel='train.experiments']")
         page.wait_for_selector("[data-experiments] [data-run-count]")
-        shot(page, screenshots, "19-train-experiments")
+        pages.shot(page, "19-train-experiments")
         page.get_by_role("link", name="live-mnist", exact=True).click()
         page.wait_for_selector(f"tr[data-run='{run_id}']")
         assert page.locator(f"tr[data-run='{run_id}'] .badge").inner_text() == "running"
-        shot(page, screenshots, "20-train-experiment")
+        pages.shot(page, "20-train-experiment")
         page.get_by_role("link", name="live-run", exact=True).click()
         page.wait_for_url(f"{url}/ui/train/runs/{run_id}*")
         root = page.locator("[data-run-live]")
@@ -168,16 +137,16 @@ def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screensh
                 return 0
             return int(loss.get_attribute("data-total") or 0)
 
-        wait_until(lambda: total() > 0)
+        pages.wait_until(lambda: total() > 0)
         first = total()
         assert training.poll() is None, "the script ended before the page read its points"
-        wait_until(lambda: total() > first, seconds=20)  # the curve grew on the page
+        pages.wait_until(lambda: total() > first, seconds=20)  # the curve grew on the page
         second = total()
         assert first < second < 34
         assert loss.locator("canvas").count() == 1  # drawn by uPlot
         system = page.locator("[data-chart-group='system'] figure[data-key^='system/']")
-        wait_until(lambda: system.count() == 1)
-        shot(page, screenshots, "21-train-run-live")
+        pages.wait_until(lambda: system.count() == 1)
+        pages.shot(page, "21-train-run-live")
 
         assert training.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
@@ -187,7 +156,7 @@ def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screensh
 
     # The script ended: the page sees the run finished, with every point, and stops.
     badge = page.locator("[data-run-status]")
-    wait_until(lambda: badge.get_attribute("data-status") == "FINISHED", seconds=20)
+    pages.wait_until(lambda: badge.get_attribute("data-status") == "FINISHED", seconds=20)
     assert badge.inner_text() == "finished"
     assert root.get_attribute("data-run-live") == "false"
     assert total() == 34
@@ -197,14 +166,12 @@ def test_a_live_loss_curve_while_the_script_runs(platform_url, browser, screensh
     refreshed = int(root.get_attribute("data-refreshed") or 0)
     time.sleep(4)  # longer than the page's refresh interval: no more requests
     assert int(root.get_attribute("data-refreshed") or 0) == refreshed
-    shot(page, screenshots, "22-train-run-finished")
+    pages.shot(page, "22-train-run-finished")
     assert not errors, errors
     context.close()
 
 
-def test_compare_runs_with_overlaid_curves(
-    platform_url, browser, screenshots, monkeypatch, tmp_path
-):
+def test_compare_runs_with_overlaid_curves(platform_url, browser, pages, monkeypatch, tmp_path):
     """Three runs picked on the experiment's page; the comparison highlights the
     parameter that differs and draws one curve per run. A hostile run name stays text."""
     from mlflow import MlflowClient
@@ -226,7 +193,7 @@ def test_compare_runs_with_overlaid_curves(
 
     context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
     page = context.new_page()
-    errors = watch_errors(page)
+    errors = pages.watch_errors(page)
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(f"{url}/ui/login")
@@ -240,17 +207,17 @@ def test_compare_runs_with_overlaid_curves(
     for box in page.locator("[data-pick]").all():
         box.check()
     assert page.locator("[data-compare-form]").get_attribute("data-picked") == "3"
-    shot(page, screenshots, "23-train-pick-runs")
+    pages.shot(page, "23-train-pick-runs")
     compare.click()
     page.wait_for_url(f"{url}/ui/train/compare*")
     figure = page.locator("figure[data-compare-chart][data-key='loss']")
-    wait_until(lambda: figure.get_attribute("data-series") == "3")
+    pages.wait_until(lambda: figure.get_attribute("data-series") == "3")
     assert figure.locator("canvas").count() == 1
     assert page.locator("tr[data-param='lr']").get_attribute("class") == "differs"
     assert page.locator("tr[data-param='batch']").get_attribute("class") is None
     legend = figure.locator(".u-legend").inner_text()
     assert names[2] in legend  # the name as text, not markup
-    shot(page, screenshots, "24-train-compare")
+    pages.shot(page, "24-train-compare")
     assert page.locator("img").count() == 0 and not dialogs
     assert not errors, errors
     context.close()

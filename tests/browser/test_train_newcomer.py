@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -51,35 +49,7 @@ with mlflow.start_run():
 print("trained", flush=True)
 """
 
-
-def shot(page: Any, folder: Path, name: str) -> None:
-    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
-
-
-def wait_until(predicate: Any, seconds: float = 120) -> None:
-    """Poll from the test (the page's CSP forbids the eval of wait_for_function)."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def watch_errors(page: Any) -> list[str]:
-    """Console errors (a CSP violation is one), script errors and failed requests; not
-    the browser's own request for /favicon.ico, which the platform does not serve."""
-    errors: list[str] = []
-
-    def console(message: Any) -> None:
-        if message.type == "error" and "favicon.ico" not in message.location.get("url", ""):
-            errors.append(f"{message.text} {message.location.get('url', '')}")
-
-    page.on("console", console)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "response",
-        lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-    )
-    return errors
+PATIENCE = 120  # seconds for a page to show what a job did (training, a sweep)
 
 
 def _git_repository(folder: Path) -> tuple[str, str]:
@@ -151,9 +121,7 @@ def platform_url(
         os.environ.update(saved)
 
 
-def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(
-    platform_url, browser, screenshots, tmp_path
-):
+def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(platform_url, browser, pages, tmp_path):
     url, identity = platform_url
     user, _project = identity.project_with("developer")
     repo, commit = _git_repository(tmp_path)
@@ -163,7 +131,7 @@ def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(
 
     context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
     page = context.new_page()
-    errors = watch_errors(page)
+    errors = pages.watch_errors(page)
     page.goto(f"{url}/ui/login")
     page.fill("#email", user.email)
     page.fill("#password", ZtIdentity.DEFAULT_PASSWORD)
@@ -203,13 +171,15 @@ def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(
 
     # The job's page shows the run's metrics as they come, then Evaluate… once it succeeded.
     accuracy = page.locator("[data-latest-metrics] tr[data-latest='accuracy'] [data-value]")
-    wait_until(lambda: accuracy.count() == 1)
+    pages.wait_until(lambda: accuracy.count() == 1, seconds=PATIENCE)
     evaluate = page.locator("[data-evaluate-link]")
-    wait_until(lambda: evaluate.count() == 1)
+    pages.wait_until(lambda: evaluate.count() == 1, seconds=PATIENCE)
     assert page.locator(".jobhead .badge").inner_text() == "succeeded"
-    wait_until(lambda: page.locator("figure[data-key='loss'] canvas").count() == 1)
+    pages.wait_until(
+        lambda: page.locator("figure[data-key='loss'] canvas").count() == 1, seconds=PATIENCE
+    )
     assert float(accuracy.inner_text()) > 0.8
-    shot(page, screenshots, "25-train-newcomer-job")
+    pages.shot(page, "25-train-newcomer-job")
 
     # Evaluate: the project's only version and its CSV are picked already.
     evaluate.click()
@@ -239,21 +209,24 @@ def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(
     page.get_by_role("button", name="Show the API request", exact=True).click()
     request = page.locator("[data-request-json]").inner_text()
     assert '"type": "train.sweep"' in request and '"log": true' in request
-    shot(page, screenshots, "26-train-newcomer-sweep-form")
+    pages.shot(page, "26-train-newcomer-sweep-form")
     page.get_by_role("button", name="Start the sweep", exact=True).click()
     page.wait_for_url(re.compile(r".*/ui/train/sweeps/\w+\?.*"))
 
     # The sweep's page fills its trial table as the trials end.
     completed = page.locator("[data-trials] [data-state='completed']")
-    wait_until(lambda: completed.count() == 2)
+    pages.wait_until(lambda: completed.count() == 2, seconds=PATIENCE)
     page.reload()
     assert page.locator("tr[data-trial][data-best]").count() == 1
     assert page.locator("[data-sweep-best] code").inner_text() != "—"
-    shot(page, screenshots, "27-train-newcomer-sweep")
+    pages.shot(page, "27-train-newcomer-sweep")
 
     # The evaluation's job ends; its page, found from the training job, has the metrics.
     page.goto(evaluation_job)
-    wait_until(lambda: page.locator("#job-head .badge").inner_text() in ("succeeded", "failed"))
+    pages.wait_until(
+        lambda: page.locator("#job-head .badge").inner_text() in ("succeeded", "failed"),
+        seconds=PATIENCE,
+    )
     assert page.locator("#job-head .badge").inner_text() == "succeeded"
     page.goto(training_page)
     page.locator("[data-evaluations-link]").click()
@@ -262,6 +235,6 @@ def test_a_newcomer_trains_evaluates_and_sweeps_from_the_ui(
     score = page.locator("tr[data-metric='accuracy_score'] td.num").inner_text()
     assert float(score) > 0.8
     assert page.locator("[data-charts] figure").count() > 0
-    shot(page, screenshots, "28-train-newcomer-evaluation")
+    pages.shot(page, "28-train-newcomer-evaluation")
     assert not errors, errors
     context.close()
