@@ -8,7 +8,7 @@ declaring a ``platform: Platform`` argument; hooks receive it as ``platform``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
@@ -78,6 +78,12 @@ class Platform:
         self.secret_key = settings.resolved_secret_key()
         self.permissions: PermissionRegistry = _empty_registry()
         self.job_types: JobTypeRegistry = JobTypeRegistry()
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the platform is closed (last registered, first called):
+        for what a plugin started that must not outlive the platform's database."""
+        self._on_close.append(callback)
 
     def plugin_settings(self, name: str) -> PluginSettings:
         """The validated settings of plugin ``name`` (from its ``register_settings``)."""
@@ -89,6 +95,12 @@ class Platform:
         return Migrations(self.db, self.migration_branches)
 
     def close(self) -> None:
+        while self._on_close:
+            callback = self._on_close.pop()
+            try:
+                callback()
+            except Exception:
+                log.exception("closing the platform: %r failed", callback)
         self.db.dispose()
 
 

@@ -642,3 +642,19 @@ def test_concurrent_submissions_over_the_limit_get_429(jobs_app):
         accepted = codes.count(201)
         assert 20 <= accepted <= 30 and codes.count(429) == 40 - accepted
         assert client.get("/healthz").status_code == 200
+
+
+def test_closing_a_platform_stops_its_engine_where_shutdown_never_ran(zt_platform):
+    """A start-up that fails after the jobs engine started never runs the shutdown hooks:
+    closing the platform still stops the engine's threads before its database goes."""
+    from zhongtai.jobs.engine import jobs_engine
+    from zhongtai.jobs.plugin import startup
+
+    startup(zt_platform)
+    engine = jobs_engine(zt_platform)
+    maintenance = engine._maintenance
+    assert maintenance is not None and maintenance.is_alive()
+    zt_platform.close()
+    maintenance.join(5)
+    assert not maintenance.is_alive()
+    engine.stop()  # a stopped engine stops again without complaint

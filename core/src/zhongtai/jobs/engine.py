@@ -175,7 +175,10 @@ class JobEngine:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs; running ones get ``timeout`` seconds, then are left to the
-        reconciler of the next start (retried or failed with the reason)."""
+        reconciler of the next start (retried or failed with the reason). Stopping a
+        stopped engine does nothing."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.driver.stop(timeout)
         if self._maintenance is not None:

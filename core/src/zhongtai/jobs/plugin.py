@@ -51,6 +51,9 @@ def startup(platform: Platform) -> None:
     engine = JobEngine(platform)
     platform.stash[JOBS] = engine
     engine.start()
+    # Where shutdown never ran (a start-up that failed later on), closing the platform
+    # still stops the engine's threads before its database goes.
+    platform.on_close(lambda: engine.stop(timeout=2.0))
 
 
 @zhongtai.hookimpl
