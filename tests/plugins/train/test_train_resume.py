@@ -128,6 +128,18 @@ def _logs(t: Any, key: str, job_id: str) -> list[str]:
     return [line["line"] for line in body["items"]]
 
 
+def _finished(t: Any, key: str, job_id: str, seconds: float = 60) -> dict[str, Any]:
+    """The job once it has ended."""
+    return _until(
+        lambda: (
+            (job := _get(t, key, f"/api/v1/jobs/{job_id}"))["status"]
+            in ("succeeded", "failed", "cancelled")
+            and job
+        ),
+        seconds,
+    )
+
+
 def _until(what: Any, seconds: float = 60) -> Any:
     deadline = time.monotonic() + seconds
     while True:
@@ -193,13 +205,7 @@ def test_a_run_that_outlives_its_worker_is_followed_again(trainer, repo, tmp_pat
     )
     assert resumed["interruptions"] == 1
     (tmp_path / "release").touch()
-    done = _until(
-        lambda: (
-            (job := _get(t, key, f"/api/v1/jobs/{job_id}"))["status"]
-            in ("succeeded", "failed", "cancelled")
-            and job
-        )
-    )
+    done = _finished(t, key, job_id)
     # The script's own exit code, with its last lines, as if no worker had died.
     assert done["status"] == "failed", done
     assert "exit code 3" in done["error"] and "finishing" in done["error"], done["error"]
@@ -216,13 +222,7 @@ def test_a_run_that_ended_while_no_worker_watched_keeps_its_real_outcome(trainer
     # The script ends now, seconds before the reconciler takes the worker for dead.
     (tmp_path / "release").touch()
     _until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), 10)
-    done = _until(
-        lambda: (
-            (job := _get(t, key, f"/api/v1/jobs/{job_id}"))["status"]
-            in ("succeeded", "failed", "cancelled")
-            and job
-        )
-    )
+    done = _finished(t, key, job_id)
     assert done["status"] == "succeeded", done
     assert done["result"]["exit_code"] == 0 and done["attempts"] == 2
     _assert_settled(t, key, job_id, "FINISHED")
@@ -304,14 +304,7 @@ def test_a_sweep_whose_worker_dies_goes_on_with_the_trials_it_started(trainer, r
         worker.wait(10)
     _until(lambda: _get(t, key, f"/api/v1/jobs/{sweep_id}")["attempts"] == 2, 60)
     (tmp_path / "release").touch()
-    done = _until(
-        lambda: (
-            (job := _get(t, key, f"/api/v1/jobs/{sweep_id}"))["status"]
-            in ("succeeded", "failed", "cancelled")
-            and job
-        ),
-        180,
-    )
+    done = _finished(t, key, sweep_id, 180)
     lines = _logs(t, key, sweep_id)
     assert done["status"] == "succeeded", (done, lines)
     assert (done["attempts"], done["interruptions"]) == (2, 1)

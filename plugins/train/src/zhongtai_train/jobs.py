@@ -433,7 +433,9 @@ def backend_attempt(
     finally:
         folders = [folder]
         if earlier is not None:
-            folders.append(folder.parent / f"a{earlier.attempt}")
+            # The run's log lives in the folder of the attempt that started it, which
+            # may be older than the one this attempt took over from.
+            folders += [old for old in folder.parent.glob("a*") if old != folder]
         _finish(platform, ctx, backend, attempt.handle, attempt.key_ids, folders, attempt.outcome)
 
 
