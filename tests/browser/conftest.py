@@ -8,6 +8,7 @@ they fail.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -63,17 +64,21 @@ class Pages:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.server_errors: list[str] = []  # the server's logged exceptions, newest last
 
     def shot(self, page: Any, name: str) -> None:
         """A full-page screenshot ``<name>.png`` in the screenshots folder."""
         page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
 
-    @staticmethod
-    def wait_until(predicate: Callable[[], object], seconds: float = 30) -> None:
-        """Poll from the test (the pages' CSP forbids the eval of wait_for_function)."""
+    def wait_until(self, predicate: Callable[[], object], seconds: float = 30) -> None:
+        """Poll from the test (the pages' CSP forbids the eval of wait_for_function).
+        A timeout names the server's last logged exception, if there was one: the
+        short test summary then says why a page never showed what was awaited."""
         deadline = time.monotonic() + seconds
         while not predicate():
-            assert time.monotonic() < deadline, "timed out"
+            if time.monotonic() >= deadline:
+                last = self.server_errors[-1] if self.server_errors else "none"
+                raise AssertionError(f"timed out; the server's last error: {last}")
             time.sleep(0.05)
 
     @staticmethod
@@ -96,9 +101,31 @@ class Pages:
         return errors
 
 
+class _ServerErrors(logging.Handler):
+    """Keeps ``type: message`` of each exception the platform logs (the innermost cause)."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None and (exc.__cause__ or exc.__context__) is not None:
+            exc = exc.__cause__ or exc.__context__
+        where = record.getMessage()
+        self.into.append(f"{where}: {type(exc).__name__}: {exc}" if exc else where)
+
+
 @pytest.fixture
-def pages(screenshots: Path) -> Pages:
-    return Pages(screenshots)
+def pages(screenshots: Path) -> Iterator[Pages]:
+    found = Pages(screenshots)
+    handler = _ServerErrors(found.server_errors)
+    logger = logging.getLogger("zhongtai")
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -417,3 +417,54 @@ def test_the_sweep_page_shows_the_trials_escaped_and_the_charts(trainer, member,
         assert HOSTILE not in elsewhere.text and 'data-trial="0"' not in elsewhere.text
     finally:
         ui.close()
+
+
+# Threads that need Optuna first at the same moment, as a sweep's worker and the sweep's
+# page do: each one would once get "cannot import name … from partially initialized
+# module" (seen as a 500 on the sweep page of a platform that had run no sweep yet).
+FIRST_IMPORTS = r"""
+import sys, threading
+from zhongtai_train import sweep
+
+assert "optuna" not in sys.modules
+failures = []
+barrier = threading.Barrier(4)
+
+def call(fn, *args):
+    def run():
+        barrier.wait()
+        try:
+            fn(*args)
+        except Exception as exc:
+            failures.append(repr(exc))
+    return threading.Thread(target=run)
+
+spec = sweep.SweepSpec.model_validate({
+    "trial": {"code": {"kind": "git", "url": "https://example.com/r.git", "commit": "a" * 40}},
+    "space": {"x": {"type": "float", "low": 0, "high": 1}},
+    "metric": "loss",
+})
+threads = [
+    call(sweep._best, [], "minimize"),
+    call(sweep.distributions, spec),
+    call(sweep._best, [], "maximize"),
+    call(sweep.distributions, spec),
+]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(failures)
+sys.exit(1 if failures else 0)
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_threads_that_first_need_optuna_at_once_all_get_it(attempt):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORTS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]

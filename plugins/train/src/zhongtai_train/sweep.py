@@ -281,6 +281,7 @@ def budget(spec: SweepSpec) -> int:
 
 def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
     """The space as Optuna distributions."""
+    _optuna()
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -319,6 +320,20 @@ def check_sweep(platform: Platform, session: Session, project_id: str, spec: Bas
 
 _STORAGE: StashKey[RDBStorage] = StashKey()
 _STORAGE_LOCK = threading.Lock()
+_IMPORT_LOCK = threading.Lock()
+
+
+def _optuna() -> None:
+    """Import Optuna once, under a lock. Its packages import each other, so two threads
+    importing it for the first time at once (a sweep's worker and the sweep's page, say)
+    can get "cannot import name … from partially initialized module"."""
+    with _IMPORT_LOCK:
+        import optuna.distributions
+        import optuna.pruners
+        import optuna.samplers
+        import optuna.storages
+        import optuna.study
+        import optuna.trial  # noqa: F401
 
 
 def study_name(job_id: str) -> str:
@@ -345,6 +360,7 @@ def study_storage(platform: Platform) -> RDBStorage:
     with _STORAGE_LOCK:
         if _STORAGE in platform.stash:
             return platform.stash[_STORAGE]
+        _optuna()
         import optuna
         from sqlalchemy import text
 
@@ -365,6 +381,7 @@ def study_storage(platform: Platform) -> RDBStorage:
 
 def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
     """The completed trial with the best value (the first of equals)."""
+    _optuna()
     from optuna.trial import TrialState
 
     done = [
@@ -478,6 +495,7 @@ class _Sweep:
     # -- the study -------------------------------------------------------------------
 
     def open(self) -> Study:
+        _optuna()
         import optuna
         from optuna.trial import TrialState
 
@@ -530,6 +548,7 @@ class _Sweep:
 
     def _resume(self, earlier: list[FrozenTrial]) -> None:
         """Watch again the trials an earlier attempt left running."""
+        _optuna()
         from optuna.trial import Trial, TrialState
 
         running = [t for t in earlier if t.state == TrialState.RUNNING]
@@ -705,6 +724,7 @@ class _Sweep:
         )
 
     def _fail(self, number: int, entry: _Active, reason: str) -> None:
+        _optuna()
         from optuna.trial import TrialState
 
         entry.trial.set_user_attr("reason", reason[:500])
@@ -732,6 +752,7 @@ class _Sweep:
 
     def _watch(self, number: int, entry: _Active) -> None:
         """Report a running trial's new steps; prune it if Optuna says so."""
+        _optuna()
         from optuna.trial import TrialState
 
         new = self._report(number, entry)
@@ -780,6 +801,7 @@ class _Sweep:
         self.ctx.progress(done / self.budget, f"{done}/{self.budget} trials, best {best}")
 
     def _result(self) -> dict[str, Any]:
+        _optuna()
         from optuna.trial import TrialState
 
         from zhongtai_train.models import TrainJob
@@ -824,6 +846,7 @@ def _grid_sampler(grid: dict[str, list[Hyperparameter]], seed: int | None) -> An
     """Optuna's grid sampler, without its ``study.stop()`` once every point was tried:
     that only works inside ``study.optimize``, and the sweep's budget (at most the
     grid's size) already ends it."""
+    _optuna()
     import optuna
 
     class GridSampler(optuna.samplers.GridSampler):
