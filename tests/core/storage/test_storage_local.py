@@ -3,6 +3,7 @@ root, streaming memory, sidecar metadata and the multipart temp area."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -393,3 +394,53 @@ def test_open_on_missing_parent_is_not_found(local_store: LocalStore) -> None:
     with pytest.raises(ObjectNotFound):
         local_store.open("file/child")
     local_store.delete("file/child")
+
+
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_multipart_complete_copies_through_python_where_the_kernel_will_not(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    """Completing concatenates the parts with copy_file_range; a filesystem or kernel
+    without it gets the same object by plain reads and writes."""
+    first, second = os.urandom(MIN_PART_SIZE), os.urandom(3 * MB + 7)
+    upload = local_store.create_multipart("joined")
+    parts = [
+        (1, local_store.upload_part("joined", upload, 1, first)),
+        (2, local_store.upload_part("joined", upload, 2, second)),
+    ]
+
+    def refuse(*_args: Any) -> int:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    info = local_store.complete_multipart("joined", upload, parts)
+    assert info.size == len(first) + len(second)
+    assert local_store.read_bytes("joined") == first + second
+
+
+def test_multipart_complete_failing_midway_leaves_no_object_and_the_upload_open(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = os.urandom(MIN_PART_SIZE), b"tail"
+    upload = local_store.create_multipart("joined")
+    parts = [
+        (1, local_store.upload_part("joined", upload, 1, first)),
+        (2, local_store.upload_part("joined", upload, 2, second)),
+    ]
+    real, calls = os.copy_file_range, []
+
+    def full_disk(source: int, target: int, count: int) -> int:
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, target, count)
+
+    monkeypatch.setattr(os, "copy_file_range", full_disk)
+    with pytest.raises(StorageError, match="No space left"):
+        local_store.complete_multipart("joined", upload, parts)
+    assert not local_store.exists("joined")
+    assert [n for n, _size, _etag in local_store.list_parts("joined", upload)] == [1, 2]
+    assert temp_files(local_store.root) == []
+    monkeypatch.setattr(os, "copy_file_range", real)
+    local_store.complete_multipart("joined", upload, parts)
+    assert local_store.read_bytes("joined") == first + second

@@ -242,8 +242,10 @@ class ObjectInfo:
         key: the object key (without the store's own prefix).
         size: size in bytes.
         etag: an opaque version tag: equal content written the same way gives the
-            same tag on one store. ``local`` uses the hex MD5 of the content; ``s3``
-            returns S3's ETag without quotes (``md5-N`` for multipart uploads).
+            same tag on one store. ``s3`` returns S3's ETag without quotes (``md5-N``
+            for multipart uploads); ``local`` gives the same forms: the hex MD5 of
+            the content, or for an object completed from N parts of a multipart
+            upload, the MD5 of the parts' MD5s and ``-N``.
             None when unknown.
         last_modified: time of the last write, UTC, timezone-aware.
         content_type: the media type given when the object was written
