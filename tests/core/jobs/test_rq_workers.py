@@ -183,3 +183,46 @@ def test_worker_explains_the_embedded_queue(zt_settings):
     )
     assert result.returncode == 2
     assert "ZHONGTAI_JOBS__QUEUE=rq" in result.stderr
+
+
+@needs_redis
+def test_the_reconciler_finds_lost_jobs_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RQQueue.missing`` reads only each job's status, a batch per round trip: a job
+    still queued or running is alive; an ended job, one never enqueued and one whose
+    hash was left half-written are lost (the reconciler dispatches those again)."""
+    import secrets
+    from types import SimpleNamespace
+
+    from rq import Queue
+    from rq.job import JobStatus
+
+    from zhongtai.jobs.queue import rq as rq_driver
+
+    url = redis_for_tests()
+    assert url is not None
+    redis = Redis.from_url(url)
+    queue = Queue(f"zt-test-{secrets.token_hex(4)}", connection=redis, serializer=JSONSerializer)
+    queued = [queue.enqueue_call("os.getcwd") for _ in range(3)]
+    running, ended = queue.enqueue_call("os.getcwd"), queue.enqueue_call("os.getcwd")
+    running.set_status(JobStatus.STARTED)
+    ended.set_status(JobStatus.FINISHED)
+    half = secrets.token_hex(8)
+    redis.hset(RQJob.key_for(half), "origin", queue.name)  # no status: written halfway
+    absent = secrets.token_hex(8)
+    try:
+        monkeypatch.setattr(rq_driver, "_MISSING_BATCH", 2)
+        rounds: list[int] = []
+        real = redis.pipeline
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            rounds.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(redis, "pipeline", counted)
+        ids = [j.id for j in queued] + [running.id, ended.id, half, absent]
+        gone = rq_driver.RQQueue.missing(SimpleNamespace(redis=redis), ids)  # type: ignore[arg-type]
+        assert gone == {ended.id, half, absent}
+        assert len(rounds) == 4  # 8 jobs, 2 a round trip
+    finally:
+        queue.delete(delete_jobs=True)
+        redis.delete(RQJob.key_for(half))

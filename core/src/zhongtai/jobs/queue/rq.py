@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["BANDS", "PlatformWorker", "RQQueue", "execute", "set_engine"]
 
 log = logging.getLogger("zhongtai.jobs")
+#: Job statuses read per Redis round trip when the reconciler looks for lost jobs.
+_MISSING_BATCH = 500
 
 BANDS = ("high", "normal", "low")
 EXECUTE = "zhongtai.jobs.queue.rq.execute"
@@ -127,19 +129,25 @@ class RQQueue(QueueDriver):
         from redis.exceptions import RedisError
         from rq.job import Job as RQJob
         from rq.job import JobStatus as RQStatus
-        from rq.serializers import JSONSerializer
 
-        alive = {RQStatus.QUEUED, RQStatus.STARTED, RQStatus.SCHEDULED, RQStatus.DEFERRED}
+        alive = {
+            str(status.value)
+            for status in (RQStatus.QUEUED, RQStatus.STARTED, RQStatus.SCHEDULED, RQStatus.DEFERRED)
+        }
         gone: set[str] = set()
         try:
-            for job_id in job_ids:
-                try:
-                    rq_job = RQJob.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
-                except Exception:  # NoSuchJobError, or a hash left half-written
-                    gone.add(job_id)
-                    continue
-                if rq_job.get_status(refresh=False) not in alive:
-                    gone.add(job_id)
+            # Only each job's status field, many jobs per round trip: a backlog of
+            # thousands of queued jobs is checked in a few requests, not one per job.
+            for start in range(0, len(job_ids), _MISSING_BATCH):
+                batch = list(job_ids[start : start + _MISSING_BATCH])
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in batch:
+                        pipe.hget(RQJob.key_for(job_id), "status")
+                    statuses = pipe.execute()
+                for job_id, status in zip(batch, statuses, strict=True):
+                    value = status.decode() if isinstance(status, bytes) else status
+                    if value not in alive:  # no such job, a hash left half-written, or ended
+                        gone.add(job_id)
         except RedisError as exc:
             log.warning("reconcile: Redis at %s unreachable: %s", self._where(), exc)
             return set()  # nothing can be dispatched now anyway
