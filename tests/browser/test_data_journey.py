@@ -4,8 +4,6 @@ and its quality report read."""
 from __future__ import annotations
 
 import re
-import time
-from typing import Any
 
 import pytest
 
@@ -19,16 +17,9 @@ def small_parts(zt_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZHONGTAI_DATA__PART_SIZE", str(5 * 1024 * 1024))
 
 
-def wait_until(predicate: Any, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.zt_plugins("data")
 def test_upload_with_progress_preview_and_quality(
-    small_parts, zt_app_factory, browser, screenshots, tmp_path
+    small_parts, zt_app_factory, browser, pages, tmp_path
 ):
     app = zt_app_factory()
     platform = app.state["platform"]
@@ -63,10 +54,10 @@ def test_upload_with_progress_preview_and_quality(
         page.set_input_files("[data-upload-files]", str(csv_file))
         page.get_by_role("button", name="Upload", exact=True).click()
         row = page.locator("[data-upload-list] li").first
-        wait_until(lambda: row.get_attribute("data-done") == "true")
+        pages.wait_until(lambda: row.get_attribute("data-done") == "true", seconds=60)
         assert row.get_attribute("data-parts") == str(parts)  # the bar moved once a part
         page.wait_for_selector("tr[data-file='animals.csv']")  # the page reloaded with it
-        page.screenshot(path=str(screenshots / "10-data-draft.png"), full_page=True)
+        pages.shot(page, "10-data-draft")
         page.fill("#commit-message", "first animals")
         page.get_by_role("button", name="Commit", exact=True).click()
         page.wait_for_selector("[data-version='1']")
@@ -79,10 +70,10 @@ def test_upload_with_progress_preview_and_quality(
             page.reload()
             return page.locator("[data-quality]").count() == 1
 
-        wait_until(report_shown)
+        pages.wait_until(report_shown, seconds=60)
         report = page.locator("[data-quality]").inner_text()
         assert "1500000" in report.replace(",", "")
-        page.screenshot(path=str(screenshots / "11-data-file.png"), full_page=True)
+        pages.shot(page, "11-data-file")
         assert not [e for e in errors if "Content Security Policy" in e], errors
         assert re.search(r"/ui/data/datasets/[0-9a-z]+/file", page.url)
         page.close()

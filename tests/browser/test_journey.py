@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,18 +14,6 @@ from zhongtai.testing import ZtIdentity, rq_worker_thread, serve_in_thread
 
 PASSWORD = "a long enough password"
 ASSET_BUDGET = 300 * 1024  # bytes of JavaScript and CSS on the first dashboard load
-
-
-def shot(page: Any, folder: Path, name: str) -> None:
-    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
-
-
-def wait_until(predicate: Any, seconds: float = 30) -> None:
-    """Poll from the test (the page's CSP forbids the eval of wait_for_function)."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def button(page: Any, name: str) -> Any:
@@ -42,7 +29,7 @@ def watch_csp(page: Any) -> list[str]:
 
 
 @pytest.mark.zt_plugins("hello")
-def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
+def test_first_run_to_a_live_job_log(zt_app_factory, browser, pages):
     app = zt_app_factory()
     platform = app.state["platform"]
     # On the rq queue driver (the PostgreSQL + Redis run) jobs need a worker.
@@ -63,7 +50,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         # Sign in: a page asked for while signed out comes back after the form.
         page.goto(f"{url}/ui/projects")
         assert page.url.startswith(f"{url}/ui/login?next=")
-        shot(page, screenshots, "01-login")
+        pages.shot(page, "01-login")
         page.fill("#email", "admin@example.com")
         page.fill("#password", PASSWORD)
         page.click("button[type=submit]")
@@ -81,7 +68,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         button(page, "Create project").click()
         page.wait_for_selector("text=project created")
         assert page.locator("#project-switch option:checked").inner_text() == "Vision"
-        shot(page, screenshots, "02-projects")
+        pages.shot(page, "02-projects")
 
         # An API key: shown once, copied, then revoked.
         page.click("[data-panel='ui.keys']")
@@ -90,7 +77,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         key = page.locator("#new-key").inner_text()
         assert key.startswith("zt_")
         page.click("[data-copy]")
-        shot(page, screenshots, "03-api-key")
+        pages.shot(page, "03-api-key")
         page.goto(f"{url}/ui/keys")
         assert key not in page.content()
         button(page, "Revoke").click()
@@ -119,8 +106,8 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         assert page.locator("[data-log-lines]").inner_text().splitlines()[0] == "29: hello"
         page.fill("[data-log-search]", "")
         page.reload()  # the job is done: the page shows the stored outcome
-        wait_until(lambda: viewer.get_attribute("data-lines") == "300")
-        shot(page, screenshots, "04-job")
+        pages.wait_until(lambda: viewer.get_attribute("data-lines") == "300")
+        pages.shot(page, "04-job")
 
         # Fast output: 10,000 lines as fast as the job can write them, all shown.
         page.goto(f"{url}/ui/jobs")
@@ -129,7 +116,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         button(page, "Submit").click()
         page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-z]+.*"))
         fast = page.locator("[data-log-viewer]")
-        wait_until(lambda: fast.get_attribute("data-lines") == "10000", seconds=90)
+        pages.wait_until(lambda: fast.get_attribute("data-lines") == "10000", seconds=90)
         lines = page.locator("[data-log-lines]").inner_text().splitlines()
         assert len(lines) == 10_000 and lines[0] == "1: fast" and lines[-1] == "10000: fast"
         assert lines == [f"{i}: fast" for i in range(1, 10_001)]
@@ -139,24 +126,24 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         page.goto(f"{url}/ui")
         assert page.locator("[data-card='hello']").count() == 1
         assert page.locator("[data-card='jobs-by-status']").count() == 1
-        shot(page, screenshots, "05-dashboard")
+        pages.shot(page, "05-dashboard")
 
         # 中文: the navigation changes, and stays for the next page.
         page.click(".usermenu summary")
         page.click("button[name=language][value=zh-CN]")
         page.wait_for_selector("[data-panel='jobs.jobs'] >> text=任务")
         assert page.locator("[data-panel='ui.projects']").inner_text().strip() == "项目"
-        shot(page, screenshots, "06-dashboard-zh")
+        pages.shot(page, "06-dashboard-zh")
         page.click("[data-panel='jobs.jobs']")
         assert "提交任务" in page.content()
-        shot(page, screenshots, "07-jobs-zh")
+        pages.shot(page, "07-jobs-zh")
         page.click("[data-job] a")
         page.wait_for_selector("[data-log-viewer]")
         assert "日志" in page.content()
-        shot(page, screenshots, "08-job-zh")
+        pages.shot(page, "08-job-zh")
         page.click("[data-panel='ui.settings']")
         assert "添加成员" in page.content()
-        shot(page, screenshots, "09-settings-zh")
+        pages.shot(page, "09-settings-zh")
         assert not [p for p in problems if "Content Security Policy" in p], problems
         cookies = context.cookies()
         context.close()
@@ -181,9 +168,7 @@ def test_first_run_to_a_live_job_log(zt_app_factory, browser, screenshots):
         fresh.close()
 
 
-def test_a_plugin_panel_shows_only_when_the_plugin_is_installed(
-    zt_app_factory, browser, screenshots
-):
+def test_a_plugin_panel_shows_only_when_the_plugin_is_installed(zt_app_factory, browser):
     app = zt_app_factory(plugins=[])  # the built-in plugins only
     platform = app.state["platform"]
     identity = ZtIdentity(platform)
