@@ -220,7 +220,7 @@ class LocalStore(ObjectStore):
                         while left > 0:
                             copied = _copy_range(source.fileno(), out, left)
                             if copied == 0:
-                                break  # the part shrank meanwhile: sizes are checked later
+                                break  # end of file: the part shrank behind the store's back
                             left -= copied
                 if self._fsync:
                     os.fsync(out)

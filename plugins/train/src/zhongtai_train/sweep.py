@@ -326,7 +326,9 @@ _IMPORT_LOCK = threading.Lock()
 def _optuna() -> None:
     """Import Optuna once, under a lock. Its packages import each other, so two threads
     importing it for the first time at once (a sweep's worker and the sweep's page, say)
-    can get "cannot import name … from partially initialized module"."""
+    can get "cannot import name … from partially initialized module". Called where a
+    thread may first need Optuna: the API's checks, the page, a sweep's ``open``
+    (every later step of a sweep runs after it)."""
     with _IMPORT_LOCK:
         import optuna.distributions
         import optuna.pruners
@@ -548,7 +550,6 @@ class _Sweep:
 
     def _resume(self, earlier: list[FrozenTrial]) -> None:
         """Watch again the trials an earlier attempt left running."""
-        _optuna()
         from optuna.trial import Trial, TrialState
 
         running = [t for t in earlier if t.state == TrialState.RUNNING]
@@ -724,7 +725,6 @@ class _Sweep:
         )
 
     def _fail(self, number: int, entry: _Active, reason: str) -> None:
-        _optuna()
         from optuna.trial import TrialState
 
         entry.trial.set_user_attr("reason", reason[:500])
@@ -752,7 +752,6 @@ class _Sweep:
 
     def _watch(self, number: int, entry: _Active) -> None:
         """Report a running trial's new steps; prune it if Optuna says so."""
-        _optuna()
         from optuna.trial import TrialState
 
         new = self._report(number, entry)
@@ -801,7 +800,6 @@ class _Sweep:
         self.ctx.progress(done / self.budget, f"{done}/{self.budget} trials, best {best}")
 
     def _result(self) -> dict[str, Any]:
-        _optuna()
         from optuna.trial import TrialState
 
         from zhongtai_train.models import TrainJob
@@ -846,7 +844,6 @@ def _grid_sampler(grid: dict[str, list[Hyperparameter]], seed: int | None) -> An
     """Optuna's grid sampler, without its ``study.stop()`` once every point was tried:
     that only works inside ``study.optimize``, and the sweep's budget (at most the
     grid's size) already ends it."""
-    _optuna()
     import optuna
 
     class GridSampler(optuna.samplers.GridSampler):
