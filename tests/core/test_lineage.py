@@ -174,3 +174,39 @@ def test_no_event_from_a_rolled_back_transaction(zt_register_plugin, zt_app_fact
     assert recorder.events == []
     with platform.db.transaction() as session:
         assert session.query(LineageEdge).count() == 0
+
+
+def test_an_edge_committed_meanwhile_elsewhere_loses_none_of_the_callers_edges(
+    zt_register_plugin, zt_app_factory, monkeypatch
+):
+    """Two requests recording the same edge at once (MLflow's runs/create and set-tag,
+    say): the one whose insert comes second keeps its other edges and emits no second
+    event for the shared one."""
+    from sqlalchemy.orm import Session
+
+    recorder = Recorder()
+    zt_register_plugin(recorder, name="recorder")
+    platform = zt_app_factory().state["platform"]
+    shared, own = (
+        (EntityRef("a", "1"), EntityRef("b", "2")),
+        (EntityRef("a", "3"), EntityRef("b", "2")),
+    )
+    with platform.db.transaction() as session:  # the other request, committed first
+        first = record_edge(session, *shared, "to").id
+    real = Session.scalar
+    misses = iter([None])
+
+    def lookup_before_the_other_commit(self, *args, **kwargs):
+        value = real(self, *args, **kwargs)
+        return next(misses, value) if value is not None else value
+
+    with platform.db.transaction() as session:
+        record_edge(session, *own, "to")
+        monkeypatch.setattr(Session, "scalar", lookup_before_the_other_commit)
+        assert record_edge(session, *shared, "to").id == first
+        monkeypatch.undo()
+    with platform.db.session() as session:
+        stored = sorted((e.source_id, e.target_id) for e in session.query(LineageEdge))
+    assert stored == [("1", "2"), ("3", "2")]
+    created = [e.to_dict()["source"]["id"] for e in recorder.events]
+    assert created == ["1", "3"]

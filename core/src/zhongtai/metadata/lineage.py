@@ -17,6 +17,7 @@ from litestar import get, post
 from litestar.params import JSONBody, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Index, Select, String, UniqueConstraint, and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 import zhongtai
@@ -88,30 +89,43 @@ def record_edge(
     *,
     project_id: str | None = None,
 ) -> LineageEdge:
-    """Record ``source -[relation]-> target`` (idempotent) in the caller's transaction."""
+    """Record ``source -[relation]-> target`` (idempotent) in the caller's transaction.
+
+    Idempotent under concurrency too: the row is inserted with ``ON CONFLICT DO
+    NOTHING``, so when another transaction records the same edge at the same time the
+    caller's transaction and its other changes go on; only the one that inserted it
+    emits the event.
+    """
     if not KIND_PATTERN.match(relation):
         raise ValueError(f"invalid relation {relation!r}")
-    existing = session.scalar(
-        select(LineageEdge).where(
-            LineageEdge.source_kind == source.kind,
-            LineageEdge.source_id == source.id,
-            LineageEdge.target_kind == target.kind,
-            LineageEdge.target_id == target.id,
-            LineageEdge.relation == relation,
-        )
+    same = select(LineageEdge).where(
+        LineageEdge.source_kind == source.kind,
+        LineageEdge.source_id == source.id,
+        LineageEdge.target_kind == target.kind,
+        LineageEdge.target_id == target.id,
+        LineageEdge.relation == relation,
     )
+    existing = session.scalar(same)
     if existing is not None:
         return existing
-    edge = LineageEdge(
-        source_kind=source.kind,
-        source_id=source.id,
-        target_kind=target.kind,
-        target_id=target.id,
-        relation=relation,
-        project_id=project_id,
-    )
-    session.add(edge)
-    session.flush()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    inserted = session.execute(
+        insert(LineageEdge)
+        .values(
+            source_kind=source.kind,
+            source_id=source.id,
+            target_kind=target.kind,
+            target_id=target.id,
+            relation=relation,
+            project_id=project_id,
+        )
+        .on_conflict_do_nothing()
+        .returning(LineageEdge.id)
+    ).scalar()
+    edge = session.scalars(same.execution_options(populate_existing=True)).one()
+    if inserted is None:
+        return edge  # recorded meanwhile by another transaction, which told of it
     emit(
         session,
         LineageEdgeCreated(
