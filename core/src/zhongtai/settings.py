@@ -192,6 +192,13 @@ class JobsSettings(BaseModel):
     reconcile_interval: float = Field(
         default=15.0, gt=0, description="Seconds between reconciler runs."
     )
+    poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between an idle process's looks for scheduled jobs that came "
+        "due; the jobs a process scheduled itself it queues on time.",
+    )
 
 
 class WebhooksSettings(BaseModel):

@@ -252,6 +252,84 @@ def test_retries_until_it_succeeds(env):
     assert sum("failed: ValueError" in item["line"] for item in lines) == 2
 
 
+def test_delayed_jobs_and_retries_start_on_time_though_the_engine_rarely_polls(jobs_app):
+    """The engine that schedules a job (a delay, a retry's backoff) queues it when it is
+    due; the slow poll is only for jobs other processes scheduled."""
+    from datetime import datetime, timedelta
+
+    from zhongtai.hooks.events import utcnow
+
+    with jobs_app(poll_interval=30.0, reconcile_interval=30.0) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        due = utcnow() + timedelta(seconds=1)
+        delayed = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 1, "b": 2},
+            run_at=due.isoformat(),
+        ).json()
+        assert delayed["status"] == "scheduled"
+        job = wait_for(client, headers, delayed["id"])
+        started = datetime.fromisoformat(job["started_at"])
+        assert job["status"] == "succeeded"
+        assert due <= started < due + timedelta(seconds=5), (due, started)
+        # Fails once, after the engine last looked at the schedule while it ran.
+        retried = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 1, "b": 2, "fail_times": 1, "sleep": 0.6},
+        ).json()
+        job = wait_for(client, headers, retried["id"])
+        assert job["status"] == "succeeded" and job["attempts"] == 2
+
+
+def test_a_job_another_process_scheduled_is_found_by_the_poll(jobs_app):
+    from zhongtai.hooks.events import utcnow
+
+    with jobs_app(poll_interval=0.5, reconcile_interval=30.0) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        job = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 2, "b": 2},
+            run_at="2099-01-01T00:00:00Z",
+        ).json()
+        # What another server's engine would write: this one was never told.
+        with platform.db.transaction() as session:
+            session.get(Job, job["id"]).run_at = utcnow()
+        done = wait_for(client, headers, job["id"])
+        assert done["status"] == "succeeded" and done["result"] == {"sum": 4}
+
+
+def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
+    """Idle, the maintenance thread wakes for the poll and the reconciler only, not
+    several times a second: on a server nobody uses, each wake-up is a transaction."""
+    from zhongtai.jobs.engine import JobEngine
+
+    calls: list[float] = []
+    promote = JobEngine.promote_due
+
+    def counted(self: JobEngine) -> float | None:
+        calls.append(time.monotonic())
+        return promote(self)
+
+    monkeypatch.setattr(JobEngine, "promote_due", counted)
+    with jobs_app(poll_interval=1.0, reconcile_interval=30.0):
+        time.sleep(0.5)  # start-up
+        calls.clear()
+        time.sleep(2.5)
+    assert 1 <= len(calls) <= 4, calls
+
+
 def test_cancel_waiting_running_and_finished_jobs(env):
     client, identity = env
     user, project = identity.project_with("developer")

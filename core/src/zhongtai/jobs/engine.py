@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from zhongtai.hooks.events import Event, emit, utcnow
 from zhongtai.jobs.admission import AdmissionRequest, Tally, decide
-from zhongtai.jobs.context import JobCancelled, JobContext
+from zhongtai.jobs.context import FLUSH_SECONDS, JobCancelled, JobContext
 from zhongtai.jobs.hub import LogHub
 from zhongtai.jobs.models import FINISHED, Job, JobLog, JobStatus
 from zhongtai.jobs.types import MAX_RESUMES
@@ -154,6 +155,7 @@ class JobEngine:
         self._running_lock = threading.Lock()
         self._handlers = _HandlerThreads()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # cuts the maintenance thread's sleep short
         self._maintenance: threading.Thread | None = None
         driver_cls = load_driver("zhongtai.queue", self.settings.queue)
         self.driver: QueueDriver = driver_cls(self)
@@ -163,6 +165,7 @@ class JobEngine:
     def start(self) -> None:
         """Reconcile once, start the driver's workers and the maintenance thread."""
         self._stop.clear()
+        self._wake.clear()
         try:
             self.reconcile(startup=True)
         except Exception:
@@ -180,6 +183,7 @@ class JobEngine:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         self.driver.stop(timeout)
         if self._maintenance is not None:
             self._maintenance.join(timeout)
@@ -250,8 +254,11 @@ class JobEngine:
         return job
 
     def dispatch(self, jobs: Sequence[Job]) -> None:
-        """Hand committed queued jobs to the queue. A failure is left to the reconciler."""
+        """Hand committed queued jobs to the queue (a failure is left to the reconciler);
+        for scheduled ones, wake the maintenance thread so that it learns when they are due."""
         for job in jobs:
+            if job.status == JobStatus.scheduled:
+                self.wake()
             if job.status != JobStatus.queued:
                 continue
             try:
@@ -356,6 +363,7 @@ class JobEngine:
         running = _Running(job.id, job.attempts, cancel, context)
         with self._running_lock:
             self._running[job.id] = running
+        self.wake()  # its log lines are flushed from now on
         self.hub.publish(job.id, {"kind": "status", "status": "running", "attempt": job.attempts})
         try:
             status, result, error = self._execute(job_type, job, context, cancel)
@@ -593,6 +601,7 @@ class JobEngine:
                 )
         final = str(JobStatus.scheduled) if retry_in is not None else status
         if retry_in is not None:
+            self.wake()  # the retry is queued when its backoff is over
             self._log_line(
                 job.id,
                 job.attempts,
@@ -638,14 +647,35 @@ class JobEngine:
 
     # -- maintenance -----------------------------------------------------------
 
+    def wake(self) -> None:
+        """Have the maintenance thread look again now: a job started running here, or one
+        was scheduled here (its ``run_at`` is then met on time, not at the next poll)."""
+        self._wake.set()
+
     def _maintain(self) -> None:
-        next_beat = next_reconcile = 0.0
-        while not self._stop.wait(0.25):
+        """Flush live logs, promote due jobs, beat, reconcile; sleep in between.
+
+        While jobs run here it wakes every :data:`~zhongtai.jobs.context.FLUSH_SECONDS`
+        (their buffered log lines and progress). Idle, it sleeps until the next
+        scheduled job it knows of is due, the next reconciliation, or ``poll_interval``
+        (jobs other processes scheduled), whichever is first, and :meth:`wake` cuts
+        the sleep short. Every wake-up costs a transaction, so an idle server stays
+        nearly idle.
+        """
+        next_beat = next_reconcile = next_poll = 0.0
+        due_at: float | None = None  # monotonic time the next known scheduled job is due
+        poked = True
+        while not self._stop.is_set():
             now = time.monotonic()
+            running = self._snapshot_running()
             try:
-                for running in self._snapshot_running():
-                    running.context.flush()
-                self.promote_due()
+                for item in running:
+                    item.context.flush()
+                if poked or running or now >= next_poll or (due_at is not None and now >= due_at):
+                    upcoming = self.promote_due()
+                    now = time.monotonic()
+                    next_poll = now + self.settings.poll_interval
+                    due_at = None if upcoming is None else now + upcoming
                 if now >= next_beat:
                     next_beat = now + self.settings.heartbeat_interval
                     self.heartbeat()
@@ -654,9 +684,19 @@ class JobEngine:
                     self.reconcile()
             except Exception:
                 log.exception("jobs maintenance failed; trying again")
+                next_poll = time.monotonic() + self.settings.poll_interval
+            wake_at = min(next_poll, next_reconcile, math.inf if due_at is None else due_at)
+            if running:
+                wake_at = min(wake_at, now + FLUSH_SECONDS)
+            poked = self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
 
-    def promote_due(self) -> None:
-        """Queue scheduled jobs whose time has come."""
+    def promote_due(self) -> float | None:
+        """Queue scheduled jobs whose time has come.
+
+        Returns in how many seconds the next scheduled job is due (0: some are due
+        already, beyond the 500 queued at a time), or None when none is scheduled.
+        """
         now = utcnow()
         with self._transition(), self.platform.db.transaction() as session:
             due = list(
@@ -670,7 +710,14 @@ class JobEngine:
             for job in due:
                 job.status = str(JobStatus.queued)
                 job.run_at = None
+            session.flush()
+            upcoming = session.scalar(
+                select(func.min(Job.run_at)).where(Job.status == str(JobStatus.scheduled))
+            )
         self.dispatch(due)
+        if upcoming is None:
+            return None
+        return max(0.0, (upcoming - now).total_seconds())
 
     def heartbeat(self) -> None:
         """Mark the jobs running here alive; pick up cancellations made elsewhere."""
@@ -829,7 +876,9 @@ class JobEngine:
                 job.id, {"kind": "status", "status": values["status"], "error": reason}
             )
             log.warning("job %s: %s (%s)", job.id, reason, what)
-            if not retry:
+            if retry:
+                self.wake()
+            else:
                 self.release_held(job.project_id)
         return bool(changed)
 
