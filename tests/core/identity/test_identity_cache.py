@@ -8,6 +8,7 @@ identity generation the database's triggers keep.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from zhongtai.hooks.events import utcnow
+from zhongtai.identity import cache as cache_module
 from zhongtai.identity import guard
 from zhongtai.identity.cache import IDENTITY_CACHE, IdentityCache, identity_cache
 from zhongtai.metadata.ids import new_id
@@ -178,7 +180,11 @@ def test_an_unreadable_generation_means_no_cache(zt_client, zt_identity, zt_plat
     def broken(self: IdentityCache) -> int:
         raise RuntimeError("database went away")
 
+    async def broken_from_the_loop(self: Any) -> int:
+        raise RuntimeError("database went away")
+
     monkeypatch.setattr(IdentityCache, "_read", broken)
+    monkeypatch.setattr(cache_module._LoopReader, "_read_once", broken_from_the_loop)
     second = zt_identity.project(slug="second")
     zt_identity.member(user, second, "viewer")
     # Nothing kept is trusted without the counter; every answer comes from the database.
@@ -205,3 +211,67 @@ def test_the_cache_can_be_turned_off(zt_settings, zt_app_factory):
         cache = platform.stash[IDENTITY_CACHE]
         assert cache.generation() is None
         assert len(cache._maps["principal"]) == len(cache._maps["result"]) == 0
+
+
+def _loop_reads(zt_platform: Any, monkeypatch: Any) -> list[int]:
+    """Values the counter had at each read the cache sent from an event loop."""
+    if zt_platform.db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: on SQLite the counter is read in place")
+    sent: list[int] = []
+    original = cache_module._LoopReader._read_once
+
+    async def counted(self: Any) -> int:
+        value = await original(self)
+        sent.append(value)
+        return value
+
+    monkeypatch.setattr(cache_module._LoopReader, "_read_once", counted)
+    return sent
+
+
+def test_requests_at_once_share_reads_of_the_counter(zt_platform, monkeypatch):
+    sent = _loop_reads(zt_platform, monkeypatch)
+    cache = identity_cache(zt_platform)
+
+    async def burst() -> tuple[int | None, list[int | None]]:
+        first = await cache.generation_async()
+        return first, list(await asyncio.gather(*(cache.generation_async() for _ in range(50))))
+
+    first, burst_values = asyncio.run(burst())
+    cache.close()
+    assert first == generation(zt_platform) and burst_values == [first] * 50
+    assert len(sent) == 2  # one for the first, one shared by the 50
+
+
+def test_a_read_asked_for_while_one_is_under_way_sees_writes_committed_before(
+    zt_identity, zt_platform, other_process, monkeypatch
+):
+    """The read in flight may have left before the write: a request that arrives after
+    the commit must not take its answer, or a key revoked a moment ago would still work."""
+    sent = _loop_reads(zt_platform, monkeypatch)
+    user = zt_identity.user()
+    cache = identity_cache(zt_platform)
+    counted = cache_module._LoopReader._read_once
+
+    async def scenario() -> tuple[int | None, int | None]:
+        answered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(self: Any) -> int:
+            value = await counted(self)
+            if len(sent) == 1:  # the first read: its answer is back, its caller not yet
+                answered.set()
+                await release.wait()
+            return value
+
+        monkeypatch.setattr(cache_module._LoopReader, "_read_once", slow)
+        early = asyncio.ensure_future(cache.generation_async())
+        await answered.wait()
+        other_process("UPDATE users SET is_superuser = true WHERE id = :id", id=user.id)
+        late = asyncio.ensure_future(cache.generation_async())
+        await asyncio.sleep(0)
+        release.set()
+        return await early, await late
+
+    early, late = asyncio.run(scenario())
+    cache.close()
+    assert early is not None and late is not None and late > early

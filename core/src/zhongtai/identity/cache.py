@@ -11,7 +11,11 @@ projects, memberships or API keys (migration ``c0e1a0000003``), and to webhooks
 
 Every request reads the counter (one primary-key read on a connection the cache
 holds: microseconds on SQLite, one round trip on PostgreSQL) before it trusts
-anything cached. A write in any process — another server worker, the ``zhongtai
+anything cached. On PostgreSQL the request's own read is made from the event loop
+(:meth:`IdentityCache.generation_async`, on an asyncio connection of the loop's
+own), so a request whose answer is cached never waits for a worker thread; reads
+asked for while one is under way share the next one, which starts after they
+were asked. A write in any process — another server worker, the ``zhongtai
 users`` command, an operator's SQL — is therefore seen by the next request
 everywhere: revoking a key, deactivating a user or removing a member takes effect
 at once, exactly as without the cache. Time-based limits (a key's ``expires_at``, a
@@ -25,9 +29,11 @@ an unknown or wrong credential always reaches the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -96,6 +102,40 @@ class IdentityCache:
         # Verified access tokens: a signature does not depend on the database, so
         # these outlive generations (expiry is checked on each use).
         self.tokens: BoundedMap[str, Any] = BoundedMap(principals)
+        # The PostgreSQL connections generation_async reads on, one per event loop.
+        self._loop_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopReader] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def generation_async(self) -> int | None:
+        """:meth:`generation` for code on an event loop (the access guard).
+
+        On PostgreSQL the counter is read on an asyncio connection held for the
+        running loop; elsewhere (SQLite: a local read of microseconds) this is
+        :meth:`generation`. ``None``: bypass the cache (the counter was unreadable).
+        """
+        if not self.enabled:
+            return None
+        if self._db.dialect != "postgresql":
+            return self.generation()
+        loop = asyncio.get_running_loop()
+        reader = self._loop_readers.get(loop)
+        if reader is None:
+            reader = _LoopReader(self._db)
+            self._loop_readers[loop] = reader
+        try:
+            value = await reader.read()
+        except Exception as exc:
+            with self._lock:
+                if self._generation is not None:
+                    log.warning("identity cache off until the counter can be read: %s", exc)
+                self._reset(None)
+            return None
+        with self._lock:
+            if value != self._generation:
+                self._reset(value)
+            self._read_at = time.monotonic()
+        return value
 
     def generation(self, within: float = 0.0) -> int | None:
         """Read the counter; empty the caches when it moved. ``None``: bypass the cache.
@@ -147,6 +187,9 @@ class IdentityCache:
         with self._lock:
             self._drop_connection()
             self._reset(None)
+        for reader in list(self._loop_readers.values()):
+            reader.close()
+        self._loop_readers.clear()
 
     def _reset(self, generation: int | None) -> None:
         self._generation = generation
@@ -174,6 +217,74 @@ class IdentityCache:
             except Exception:
                 log.debug("closing the identity cache's connection failed", exc_info=True)
             self._connection = None
+
+
+class _LoopReader:
+    """Reads the counter on PostgreSQL from one event loop, over an asyncio connection.
+
+    A read asked for while another is under way waits for the next one rather than
+    sharing the one in flight: that one may have been sent before a write the caller
+    has seen committed. All who wait for the next read share it, so a burst of
+    requests costs a few round trips, not one each.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._connection: Any = None  # psycopg.AsyncConnection
+        self._next: asyncio.Future[int] | None = None  # the read not yet sent
+        self._task: asyncio.Task[None] | None = None  # the reading task, while it runs
+
+    async def read(self) -> int:
+        if self._next is None:
+            loop = asyncio.get_running_loop()
+            self._next = loop.create_future()
+            if self._task is None:
+                self._task = loop.create_task(self._run())
+        return await asyncio.shield(self._next)
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                waiting, self._next = self._next, None
+                try:
+                    value = await self._read_once()
+                except BaseException as exc:
+                    waiting.set_exception(exc)
+                    waiting.exception()  # retrieved: no "never retrieved" warning if unwaited
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    waiting.set_result(value)
+        finally:
+            self._task = None
+
+    async def _read_once(self) -> int:
+        import psycopg
+
+        if self._connection is None or self._connection.closed:
+            args, kwargs = self._db.engine.dialect.create_connect_args(self._db.engine.url)
+            kwargs.setdefault("connect_timeout", 5)
+            self._connection = await psycopg.AsyncConnection.connect(
+                *args, **kwargs, autocommit=True
+            )
+        try:
+            cursor = await self._connection.execute(_READ_GENERATION)
+            row = await cursor.fetchone()
+        except Exception:
+            self.close()
+            raise
+        if row is None:
+            raise LookupError("identity_generation has no row")
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the connection from any thread (its loop may be gone already)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.closed:
+            try:
+                connection.pgconn.finish()
+            except Exception:
+                log.debug("closing the identity cache's loop connection failed", exc_info=True)
 
 
 IDENTITY_CACHE: StashKey[IdentityCache] = StashKey()

@@ -64,8 +64,12 @@ from zhongtai.identity.roles import Permission
 from zhongtai.identity.tokens import AccessClaims, InvalidToken, verify_access_token
 
 if TYPE_CHECKING:
+    from datetime import datetime
+    from types import EllipsisType
+
     from litestar import Litestar
 
+    from zhongtai.identity.cache import IdentityCache
     from zhongtai.platform import Platform
 
 log = logging.getLogger("zhongtai.identity")
@@ -154,28 +158,70 @@ def authenticate(platform: Platform, credentials: str) -> Principal:
     return principal
 
 
-def _identify(platform: Platform, credentials: str) -> tuple[Principal, str | None, int | None]:
+def _identify(
+    platform: Platform, credentials: str, generation: int | EllipsisType | None = ...
+) -> tuple[Principal, str | None, int | None]:
     """Read-only half of :func:`authenticate`: the principal, a key id to touch, and the
-    identity generation the answer holds for (None: uncached)."""
+    identity generation the answer holds for (None: uncached).
+
+    ``generation``: the counter as the caller read it just before (default: read it).
+    """
     cache = identity_cache(platform)
-    generation = cache.generation()
+    if generation is ...:
+        generation = cache.generation()
+    cached = _identify_cached(platform, credentials, generation)
+    if cached is not None:
+        return cached
+    now = utcnow()
+    if credentials.startswith(KEY_PREFIX):
+        try:
+            with platform.db.engine.connect() as connection:
+                found = lookup_api_key(connection, credentials, secret=platform.secret_key, now=now)
+        except InvalidApiKey as exc:
+            raise Unauthorized("invalid API key", reason=str(exc)) from None
+        cache.put("principal", credentials, generation, found)
+        return _key_answer(cache, credentials, generation, found, now)
+    claims = _claims(platform, credentials, now)
+    with platform.db.engine.connect() as connection:
+        row = connection.execute(_USER_FLAGS, {"user_id": claims.user_id}).first()
+    if row is None or not row[0]:
+        raise Unauthorized("invalid or expired access token", reason="user unknown or inactive")
+    principal = Principal(user_id=claims.user_id, is_superuser=bool(row[1]))
+    cache.put("principal", ("user", claims.user_id), generation, principal)
+    return principal, None, generation
+
+
+def _identify_cached(
+    platform: Platform, credentials: str, generation: int | None
+) -> tuple[Principal, str | None, int | None] | None:
+    """:func:`_identify` from memory alone, or None where it needs the database."""
+    if generation is None:
+        return None
+    cache = identity_cache(platform)
     now = utcnow()
     if credentials.startswith(KEY_PREFIX):
         found: KeyLookup | None = cache.get("principal", credentials, generation)
         if found is None or not found.usable_at(now):
-            try:
-                with platform.db.engine.connect() as connection:
-                    found = lookup_api_key(
-                        connection, credentials, secret=platform.secret_key, now=now
-                    )
-            except InvalidApiKey as exc:
-                raise Unauthorized("invalid API key", reason=str(exc)) from None
-            cache.put("principal", credentials, generation, found)
-        if not found.stale_at(now):
-            return found.principal, None, generation
-        # This process records the use now; until the next minute, it need not again.
-        cache.put("principal", credentials, generation, found._replace(last_used_at=now))
-        return found.principal, found.principal.api_key_id, generation
+            return None
+        return _key_answer(cache, credentials, generation, found, now)
+    claims = _claims(platform, credentials, now)
+    principal: Principal | None = cache.get("principal", ("user", claims.user_id), generation)
+    return None if principal is None else (principal, None, generation)
+
+
+def _key_answer(
+    cache: IdentityCache, credentials: str, generation: int | None, found: KeyLookup, now: datetime
+) -> tuple[Principal, str | None, int | None]:
+    if not found.stale_at(now):
+        return found.principal, None, generation
+    # This process records the use now; until the next minute, it need not again.
+    cache.put("principal", credentials, generation, found._replace(last_used_at=now))
+    return found.principal, found.principal.api_key_id, generation
+
+
+def _claims(platform: Platform, credentials: str, now: datetime) -> AccessClaims:
+    """The verified claims of an access token (verified once, then kept until expiry)."""
+    cache = identity_cache(platform)
     claims: AccessClaims | None = cache.tokens.get(credentials) if cache.enabled else None
     if claims is None or claims.expires_at <= now:
         try:
@@ -184,15 +230,7 @@ def _identify(platform: Platform, credentials: str) -> tuple[Principal, str | No
             raise Unauthorized("invalid or expired access token", reason=str(exc)) from None
         if cache.enabled:
             cache.tokens.put(credentials, claims)
-    principal: Principal | None = cache.get("principal", ("user", claims.user_id), generation)
-    if principal is None:
-        with platform.db.engine.connect() as connection:
-            row = connection.execute(_USER_FLAGS, {"user_id": claims.user_id}).first()
-        if row is None or not row[0]:
-            raise Unauthorized("invalid or expired access token", reason="user unknown or inactive")
-        principal = Principal(user_id=claims.user_id, is_superuser=bool(row[1]))
-        cache.put("principal", ("user", claims.user_id), generation, principal)
-    return principal, None, generation
+    return claims
 
 
 _USER_FLAGS = select(User.is_active, User.is_superuser).where(
@@ -247,9 +285,13 @@ async def access_guard(
         if touch:
             await anyio.to_thread.run_sync(_touch, platform, touch)
     else:
-        principal, touch, generation = await anyio.to_thread.run_sync(
-            _identify, platform, credentials
-        )
+        # The counter is read from the loop; a cached answer then needs no worker
+        # thread (on this path, every authenticated request).
+        read = await identity_cache(platform).generation_async()
+        found = _identify_cached(platform, credentials, read)
+        if found is None:
+            found = await anyio.to_thread.run_sync(_identify, platform, credentials, read)
+        principal, touch, generation = found
         if touch:
             await anyio.to_thread.run_sync(_touch, platform, touch)
     connection.scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
