@@ -5,15 +5,20 @@ to it. ``zhongtai serve`` (the train plugin; embedded SQLite unless ``--database
 postgres``) runs its MLflow server; next to it a plain ``mlflow server`` runs on the
 *same* backend store and artifact folder, with the same number of workers and
 workspaces enabled (the store is workspace-aware once the platform has used it), and
-the client names the project's workspace itself. The same ``MlflowClient``, in this
-process, then drives both, alternating rounds so that drift on a shared machine
-falls on both sides:
+the client names the project's workspace itself. The ``mlflow`` client, in this
+process, then drives both in rounds (4; the side that goes first alternates), so
+that drift on a shared machine falls on both sides:
 
-* ``log_batch`` of 1,000 metric points per call: points per second through
-  ``/mlflow`` (auth + project check + proxy) ÷ plain. Target ≥ 0.9.
-* ``search_runs`` over an experiment of 1,000 runs (``max_results=1000``): plain
-  time ÷ platform time. Target ≥ 0.9.
-* one ``log_metric`` per call: p50 through the platform ÷ p50 plain. Target ≤ 1.2.
+* ``log_batch`` of 1,000 metric points per call, 15 calls a side a round: points per
+  second through ``/mlflow`` (auth + project check + proxy) ÷ plain. Target ≥ 0.9.
+* ``search_runs`` over an experiment of 1,000 runs (``max_results=1000``), 8 calls a
+  side a round, the sides alternating call by call: searches per second through the
+  platform ÷ plain (total plain time ÷ total platform time). Target ≥ 0.9. A
+  throughput, not a median: on these machines a search takes either about 0.3 s
+  or 0.5 s, depending on which of MLflow's worker processes answers it and how
+  long that worker sat idle, so medians of a few calls flip between the two.
+* one ``log_metric`` per call, 150 calls in a row a side a round (as a training
+  script makes them): p50 through the platform ÷ p50 plain. Target ≤ 1.2.
 * one metric series of 1,000,000 points (bulk-inserted into MLflow's ``metrics``
   table for the setup): ``GET /api/v1/train/runs/{id}/metrics/{key}?max_points=2000``
   through the platform (median of 5) against MLflow's ``get_metric_history`` of the
@@ -88,10 +93,16 @@ def seed(home: Path, url: str, secret: str) -> tuple[str, str]:
 
 
 class Target:
-    """One tracking URI and the environment the client needs for it."""
+    """One tracking URI and the environment the client needs for it.
+
+    The client reads ``MLFLOW_TRACKING_TOKEN`` and ``MLFLOW_WORKSPACE`` on every
+    request, so :meth:`client` sets them for this target before handing out its client
+    (made once: both targets keep their connections warm between alternating calls).
+    """
 
     def __init__(self, name: str, uri: str, env: dict[str, str]) -> None:
         self.name, self.uri, self.env = name, uri, env
+        self._client: Any = None
 
     def client(self) -> Any:
         from mlflow import MlflowClient
@@ -99,7 +110,9 @@ class Target:
         for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_WORKSPACE"):
             os.environ.pop(key, None)
         os.environ.update(self.env)
-        return MlflowClient(tracking_uri=self.uri)
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
 
 def log_batch_rate(target: Target, run_id: str, calls: int, offset: int) -> float:
@@ -126,14 +139,11 @@ def search_seconds(target: Target, experiment: str) -> float:
     return elapsed
 
 
-def log_metric_times(target: Target, run_id: str, calls: int, offset: int) -> list[float]:
+def log_metric_seconds(target: Target, run_id: str, step: int) -> float:
     client = target.client()
-    out = []
-    for i in range(calls):
-        start = time.perf_counter()
-        client.log_metric(run_id, "single", float(i), step=offset + i)
-        out.append(time.perf_counter() - start)
-    return out
+    start = time.perf_counter()
+    client.log_metric(run_id, "single", float(step), step=step)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -149,6 +159,7 @@ def main() -> None:
     rounds = args.rounds or (2 if args.quick else 4)
     args.points = args.points or (200_000 if args.quick else 1_000_000)
     batch_calls = 5 if args.quick else 15
+    search_calls = 2 if args.quick else 8
     metric_calls = 50 if args.quick else 150
 
     with scratch_dir("zt-bench-tracking-") as work:
@@ -168,7 +179,15 @@ def main() -> None:
         try:
             project, key = seed(home, url, secret)
             figures = run(
-                work, home, url, secret, project, key, args, rounds, batch_calls, metric_calls
+                work,
+                home,
+                url,
+                secret,
+                project,
+                key,
+                args,
+                rounds,
+                (batch_calls, search_calls, metric_calls),
             )
         finally:
             if database:
@@ -191,9 +210,9 @@ def run(
     key: str,
     args: argparse.Namespace,
     rounds: int,
-    batch_calls: int,
-    metric_calls: int,
+    calls: tuple[int, int, int],
 ) -> dict[str, Any]:
+    batch_calls, search_calls, metric_calls = calls
     platform = zhongtai_server(
         home,
         work / "zhongtai.log",
@@ -269,16 +288,24 @@ def run(
             rates: dict[str, list[float]] = {"platform": [], "plain": []}
             searches: dict[str, list[float]] = {"platform": [], "plain": []}
             singles: dict[str, list[float]] = {"platform": [], "plain": []}
+            runs = {"platform": run_platform, "plain": run_plain}
             for r in range(rounds):
                 order = (through, direct) if r % 2 == 0 else (direct, through)
                 for target in order:
-                    run_id = run_platform if target is through else run_plain
                     rates[target.name].append(
-                        log_batch_rate(target, run_id, batch_calls, r * 10**6)
+                        log_batch_rate(target, runs[target.name], batch_calls, r * 10**6)
                     )
-                    searches[target.name].append(search_seconds(target, experiment))
+                # Searches (a third of a second each) alternate call by call, so that a
+                # slower moment of the shared machine falls on both sides alike.
+                for i in range(search_calls):
+                    for target in order if i % 2 == 0 else order[::-1]:
+                        searches[target.name].append(search_seconds(target, experiment))
+                # One side's calls in a row, as a training script makes them (alternating
+                # call by call, each server would wake from idle for every call).
+                for target in order:
                     singles[target.name].extend(
-                        log_metric_times(target, run_id, metric_calls, r * 10**6)
+                        log_metric_seconds(target, runs[target.name], r * 10**6 + i)
+                        for i in range(metric_calls)
                     )
 
             series = endpoint_figures(
@@ -286,8 +313,8 @@ def run(
             )
 
     rate_p, rate_d = statistics.median(rates["platform"]), statistics.median(rates["plain"])
-    search_p = statistics.median(searches["platform"])
-    search_d = statistics.median(searches["plain"])
+    search_p = statistics.fmean(searches["platform"])
+    search_d = statistics.fmean(searches["plain"])
     p50_p = statistics.median(singles["platform"]) * 1000
     p50_d = statistics.median(singles["plain"]) * 1000
     batch_ratio = rate_p / rate_d
@@ -300,7 +327,8 @@ def run(
     )
     print(
         f"search_runs: {search_p * 1000:.0f} ms through /mlflow, {search_d * 1000:.0f} ms plain "
-        f"(1,000 runs): {search_ratio:.2f}x  (≥ 0.9) {verdict(search_ratio >= 0.9)}"
+        f"(1,000 runs, mean of {len(searches['plain'])} a side): {search_ratio:.2f}x  (≥ 0.9) "
+        f"{verdict(search_ratio >= 0.9)}"
     )
     print(
         f"log_metric:  p50 {p50_p:.2f} ms through /mlflow, {p50_d:.2f} ms plain: "
@@ -319,7 +347,8 @@ def run(
         "database": args.database,
         "machine": machine(),
         "log_batch_points_per_s": {"platform": rate_p, "plain": rate_d, "ratio": batch_ratio},
-        "search_runs_s": {"platform": search_p, "plain": search_d, "ratio": search_ratio},
+        "search_runs_mean_s": {"platform": search_p, "plain": search_d, "ratio": search_ratio},
+        "search_runs_samples_s": searches,
         "log_metric_p50_ms": {"platform": p50_p, "plain": p50_d, "ratio": single_ratio},
     }
 
