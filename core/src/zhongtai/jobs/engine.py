@@ -697,7 +697,12 @@ class JobEngine:
         Returns in how many seconds the next scheduled job is due (0: some are due
         already, beyond the 500 queued at a time), or None when none is scheduled.
         """
+        # Mostly nothing is due: one indexed read, outside any transaction, says so.
+        with self.platform.db.engine.connect() as connection:
+            upcoming = connection.execute(_NEXT_DUE).scalar()
         now = utcnow()
+        if upcoming is None or upcoming > now:
+            return None if upcoming is None else (upcoming - now).total_seconds()
         with self._transition(), self.platform.db.transaction() as session:
             due = list(
                 session.scalars(
@@ -711,9 +716,7 @@ class JobEngine:
                 job.status = str(JobStatus.queued)
                 job.run_at = None
             session.flush()
-            upcoming = session.scalar(
-                select(func.min(Job.run_at)).where(Job.status == str(JobStatus.scheduled))
-            )
+            upcoming = session.scalar(_NEXT_DUE)
         self.dispatch(due)
         if upcoming is None:
             return None
@@ -1013,6 +1016,9 @@ def _cancel_task(box: dict[str, Any]) -> None:
         with suppress(RuntimeError):
             loop.call_soon_threadsafe(task.cancel)
 
+
+# When the next scheduled job is due (built once: the maintenance loop asks it often).
+_NEXT_DUE = select(func.min(Job.run_at)).where(Job.status == str(JobStatus.scheduled))
 
 JOBS: StashKey[JobEngine] = StashKey()
 
