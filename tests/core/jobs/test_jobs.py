@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from litestar.testing import TestClient
@@ -121,6 +121,22 @@ def env(jobs_app: Callable[..., Any]) -> Iterator[tuple[TestClient[Any], ZtIdent
 
 def submit(client: TestClient[Any], headers: dict[str, str], **body: Any) -> Any:
     return client.post(JOBS, json=body, headers=headers)
+
+
+def parked(
+    client: TestClient[Any], headers: dict[str, str], project_id: str, **params: int
+) -> dict[str, Any]:
+    """A ``demo.add`` job scheduled for 2099: it waits until the test moves it."""
+    response = submit(
+        client,
+        headers,
+        type="demo.add",
+        project=project_id,
+        params=params,
+        run_at="2099-01-01T00:00:00Z",
+    )
+    assert response.status_code == 201, response.text
+    return cast(dict[str, Any], response.json())
 
 
 def wait_for(
@@ -295,14 +311,7 @@ def test_a_job_another_process_scheduled_is_found_by_the_poll(jobs_app):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)
         platform = client.app.state["platform"]
-        job = submit(
-            client,
-            headers,
-            type="demo.add",
-            project=project.id,
-            params={"a": 2, "b": 2},
-            run_at="2099-01-01T00:00:00Z",
-        ).json()
+        job = parked(client, headers, project.id, a=2, b=2)
         # What another server's engine would write: this one was never told.
         with platform.db.transaction() as session:
             session.get(Job, job["id"]).run_at = utcnow()
@@ -334,14 +343,7 @@ def test_cancel_waiting_running_and_finished_jobs(env):
     client, identity = env
     user, project = identity.project_with("developer")
     headers = identity.headers(user)
-    later = submit(
-        client,
-        headers,
-        type="demo.add",
-        project=project.id,
-        params={"a": 1, "b": 1},
-        run_at="2099-01-01T00:00:00Z",
-    ).json()
+    later = parked(client, headers, project.id, a=1, b=1)
     assert later["status"] == "scheduled"
     cancelled = client.post(f"{JOBS}/{later['id']}/cancel", headers=headers)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
@@ -671,14 +673,7 @@ def test_a_dead_worker_is_noticed_by_its_missing_heartbeat(jobs_app):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)
         platform = client.app.state["platform"]
-        job = submit(
-            client,
-            headers,
-            type="demo.add",
-            project=project.id,
-            params={"a": 1, "b": 1},
-            run_at="2099-01-01T00:00:00Z",
-        ).json()
+        job = parked(client, headers, project.id, a=1, b=1)
         with platform.db.transaction() as session:
             row = session.get(Job, job["id"])
             row.status, row.attempts, row.worker = "running", 1, "rq:elsewhere:42:w"
