@@ -123,6 +123,7 @@ class IdentityCache:
         if reader is None:
             reader = _LoopReader(self._db)
             self._loop_readers[loop] = reader
+            weakref.finalize(loop, reader.close)  # a loop that is gone leaves no connection
         try:
             value = await reader.read()
         except Exception as exc:

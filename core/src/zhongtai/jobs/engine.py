@@ -659,8 +659,8 @@ class JobEngine:
         (their buffered log lines and progress). Idle, it sleeps until the next
         scheduled job it knows of is due, the next reconciliation, or ``poll_interval``
         (jobs other processes scheduled), whichever is first, and :meth:`wake` cuts
-        the sleep short. Every wake-up costs a transaction, so an idle server stays
-        nearly idle.
+        the sleep short. Every wake-up costs at least a database read, so an idle
+        server wakes rarely.
         """
         next_beat = next_reconcile = next_poll = 0.0
         due_at: float | None = None  # monotonic time the next known scheduled job is due
