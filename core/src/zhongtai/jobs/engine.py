@@ -588,6 +588,17 @@ class JobEngine:
                     status,
                 )
                 return None
+            line = None
+            if retry_in is not None:
+                # In this transaction: once it commits, any process may queue the retry,
+                # and the next attempt's lines number on from the count it then reads.
+                line = self._append_line(
+                    session,
+                    job.id,
+                    job.attempts,
+                    f"[zhongtai] attempt {job.attempts} failed: {error}; "
+                    f"retrying in {retry_in:g} s",
+                )
             if retry_in is None:
                 emit(
                     session,
@@ -600,13 +611,9 @@ class JobEngine:
                     ),
                 )
         final = str(JobStatus.scheduled) if retry_in is not None else status
-        if retry_in is not None:
+        if line is not None:
+            self.hub.publish(job.id, line)
             self.wake()  # the retry is queued when its backoff is over
-            self._log_line(
-                job.id,
-                job.attempts,
-                f"[zhongtai] attempt {job.attempts} failed: {error}; retrying in {retry_in:g} s",
-            )
         self.hub.publish(job.id, {"kind": "status", "status": final, "error": error})
         if settled[0]:
             self.release_held(job.project_id)
@@ -859,6 +866,17 @@ class JobEngine:
                 )
                 .values(**values)
             ).rowcount  # type: ignore[attr-defined]
+            what = "resuming" if resume else "retrying" if retry else "failed"
+            line = (
+                self._append_line(
+                    session,
+                    job.id,
+                    job.attempts,
+                    f"[zhongtai] attempt {job.attempts} {reason}; {what}",
+                )
+                if changed
+                else None
+            )
             if changed and not retry:
                 emit(
                     session,
@@ -870,11 +888,8 @@ class JobEngine:
                         error=reason,
                     ),
                 )
-        if changed:
-            what = "resuming" if resume else "retrying" if retry else "failed"
-            self._log_line(
-                job.id, job.attempts, f"[zhongtai] attempt {job.attempts} {reason}; {what}"
-            )
+        if line is not None:
+            self.hub.publish(job.id, line)
             self.hub.publish(
                 job.id, {"kind": "status", "status": values["status"], "error": reason}
             )
@@ -931,35 +946,27 @@ class JobEngine:
             job.status, project=job.project_id, job_id=job.id, job_type=job.type, error=job.error
         )
 
-    def _log_line(self, job_id: str, attempt: int, line: str) -> None:
-        """One line of the engine's own in the job's log (outside any handler)."""
+    def _append_line(
+        self, session: Session, job_id: str, attempt: int, line: str
+    ) -> dict[str, Any]:
+        """Add one line of the engine's own to the job's log, in ``session``'s transaction
+        (with the change of state it explains); returns the live message to publish once
+        that commits."""
         from sqlalchemy import insert
 
-        try:
-            with self.platform.db.engine.begin() as connection:
-                seq = connection.execute(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(log_lines=Job.log_lines + 1)
-                    .returning(Job.log_lines)
-                ).scalar_one()
-                at = utcnow()
-                connection.execute(
-                    insert(JobLog),
-                    [{"job_id": job_id, "seq": seq, "at": at, "attempt": attempt, "line": line}],
-                )
-            self.hub.publish(
-                job_id,
-                {
-                    "kind": "line",
-                    "seq": seq,
-                    "at": at.isoformat(),
-                    "attempt": attempt,
-                    "line": line,
-                },
-            )
-        except Exception:
-            log.exception("job %s: could not write %r to its log", job_id, line)
+        seq = session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(log_lines=Job.log_lines + 1)
+            .returning(Job.log_lines)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        at = utcnow()
+        session.execute(
+            insert(JobLog),
+            [{"job_id": job_id, "seq": seq, "at": at, "attempt": attempt, "line": line}],
+        )
+        return {"kind": "line", "seq": seq, "at": at.isoformat(), "attempt": attempt, "line": line}
 
 
 class _HandlerThreads:
