@@ -441,3 +441,49 @@ def test_a_pickled_model_is_stored_and_served_never_unpickled(tracked, monkeypat
     assert httpx.get(f"{base}", headers=headers).status_code == 200
     assert client.get_model_version("trap", "1").source
     assert not marker.exists()
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue  # gone meanwhile
+    return lines
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_the_mlflow_server_serves_mlflows_app_through_ours(tracked):
+    from zhongtai_train.tracking import tracking
+
+    socket = str(tracking(tracked.platform).socket)
+    ours = [line for line in _command_lines() if socket in line]
+    assert any("--app-name zhongtai" in line for line in ours), ours
+    # MLflow resolved the entry point and gave uvicorn our app, not its own.
+    assert any(line.rstrip().endswith("zhongtai_train.mlflow_app:app") for line in ours), ours
+
+
+def test_the_mlflow_app_is_mlflows_own_with_the_start_up_heap_frozen():
+    # In a process of its own: freezing is for the server's workers, not this one.
+    script = textwrap.dedent(
+        """
+        import gc
+        from mlflow.server import _find_app, _is_factory
+        from mlflow.server.fastapi_app import app as mlflows
+        path = _find_app("zhongtai")
+        assert path == "zhongtai_train.mlflow_app:app", path
+        assert not _is_factory(path)  # uvicorn is handed the object itself
+        from zhongtai_train.mlflow_app import app
+        assert gc.get_freeze_count() == 0
+        assert app.load() is mlflows and app.load() is mlflows
+        print(gc.get_freeze_count())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Everything importing MLflow left behind: hundreds of thousands of objects.
+    assert int(done.stdout.split()[-1]) > 100_000

@@ -53,6 +53,8 @@ log = logging.getLogger("zhongtai.train")
 PREFIX = "/mlflow"
 SCHEMA = "mlflow"  # on PostgreSQL: MLflow's tables, apart from the platform's
 WORKSPACE_HEADER = "X-MLflow-Workspace"
+# Our ``mlflow.app`` entry point: MLflow's app, its start-up heap frozen (mlflow_app.py).
+MLFLOW_APP_NAME = "zhongtai"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -197,6 +199,8 @@ class TrackingServer:
             "--static-prefix",
             PREFIX,
             "--enable-workspaces",
+            "--app-name",
+            MLFLOW_APP_NAME,
             "--workers",
             str(self.settings.tracking_workers),
             "--allowed-hosts",
