@@ -55,6 +55,26 @@ async def add_async(ctx: JobContext, params: AddParams) -> dict[str, int]:
     return {"sum": params.a + params.b}
 
 
+def collide(ctx: JobContext, params: AddParams) -> dict[str, int]:
+    """Logs a line, then finds the next line's number taken by a row written elsewhere."""
+    from sqlalchemy import func
+
+    from zhongtai.hooks.events import utcnow
+    from zhongtai.jobs.models import JobLog
+
+    ctx.log("stored")
+    ctx.flush()
+    with ctx.platform.db.transaction() as session:
+        last = session.scalar(select(func.max(JobLog.seq)).where(JobLog.job_id == ctx.job_id))
+        session.add(
+            JobLog(
+                job_id=ctx.job_id, seq=last + 1, at=utcnow(), attempt=ctx.attempt, line="intruder"
+            )
+        )
+    ctx.log("collides")
+    return {"sum": params.a + params.b}
+
+
 def stubborn(ctx: JobContext, params: AddParams) -> None:
     time.sleep(params.sleep)  # ignores cancellation
 
@@ -71,6 +91,7 @@ class DemoJobs:
             JobType("demo.add_async", add_async, AddParams, timeout=1),
             JobType("demo.stubborn", stubborn, AddParams, timeout=1),
             JobType("demo.once", add, AddParams, retries=0),
+            JobType("demo.collide", collide, AddParams, retries=0),
             JobType("demo.resumable", add, AddParams, retries=0, resume_interrupted=True),
         ]
 
@@ -266,6 +287,22 @@ def test_retries_until_it_succeeds(env):
     assert job["status"] == "succeeded" and job["attempts"] == 3 and job["error"] is None
     lines = client.get(f"{JOBS}/{job['id']}/logs", headers=headers).json()["items"]
     assert sum("failed: ValueError" in item["line"] for item in lines) == 2
+
+
+def test_log_lines_that_collide_never_keep_the_outcome_from_being_recorded(env):
+    """Lines numbered like stored ones cannot be written by any retry: they are dropped
+    and the job still ends, at once (it used to be retried as an outage for two
+    minutes, then left running for the reconciler)."""
+    client, identity = env
+    user, project = identity.project_with("developer")
+    headers = identity.headers(user)
+    created = submit(
+        client, headers, type="demo.collide", project=project.id, params={"a": 1, "b": 2}
+    ).json()
+    job = wait_for(client, headers, created["id"])
+    assert job["status"] == "succeeded" and job["result"] == {"sum": 3}
+    lines = client.get(f"{JOBS}/{job['id']}/logs", headers=headers).json()["items"]
+    assert [item["line"] for item in lines] == ["stored", "intruder"]
 
 
 def test_delayed_jobs_and_retries_start_on_time_though_the_engine_rarely_polls(jobs_app):

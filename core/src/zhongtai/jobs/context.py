@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import insert, update
+from sqlalchemy.exc import IntegrityError
 
 from zhongtai.hooks.events import utcnow
 from zhongtai.logs import mask_secrets
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from zhongtai.platform import Platform
 
 __all__ = ["JobCancelled", "JobContext"]
+
+log = logging.getLogger("zhongtai.jobs")
 
 FLUSH_LINES = 500  # buffered lines written in one INSERT
 FLUSH_SECONDS = 0.25  # …or after this long
@@ -132,6 +136,14 @@ class JobContext:
                 if rows:
                     connection.execute(insert(JobLog), rows)
                 connection.execute(update(Job).where(Job.id == self.job_id).values(**values))
+        except IntegrityError as exc:
+            # Lines numbered like lines already stored: a fault, not an outage, and
+            # writing them again can never succeed. They are dropped (they were streamed
+            # live), so that the job's outcome can still be recorded.
+            log.error("job %s: %d log lines not stored (%s)", self.job_id, len(rows), exc.orig)
+            with self._lock:
+                if self._progress is None:
+                    self._progress = progress
         except Exception:
             # Keep them for the next flush (the database may be back by then).
             with self._lock:

@@ -505,17 +505,24 @@ class JobEngine:
         """Write the last log lines and record the attempt's outcome, retrying while the
         database is unreachable.
 
-        Giving up (after :data:`FINISH_PATIENCE` seconds) leaves the job ``running``
-        without heartbeats: the reconciler then runs it again, which at-least-once
-        delivery allows; a recorded outcome is always preferred.
+        Giving up (after :data:`FINISH_PATIENCE` seconds, or at once on an integrity
+        error, which no retry can mend) leaves the job ``running`` without heartbeats:
+        the reconciler then runs it again, which at-least-once delivery allows; a
+        recorded outcome is always preferred. Log lines that collide with stored ones
+        are dropped rather than allowed to stop the outcome (:meth:`JobContext.flush`).
         """
-        from sqlalchemy.exc import DBAPIError
+        from sqlalchemy.exc import DBAPIError, IntegrityError
 
         delay, deadline = 0.2, time.monotonic() + FINISH_PATIENCE
         while True:
             try:
                 context.flush()
                 return self._settle(job_type, job, worker, status, result, error)
+            except IntegrityError as exc:
+                # A fault, not an outage: trying again cannot succeed. The job is left to
+                # the reconciler, as when the database stays away.
+                log.error("job %s: outcome %s not recorded: %s", job.id, status, exc.orig)
+                return None
             except DBAPIError as exc:
                 if time.monotonic() >= deadline:
                     log.error("job %s: outcome %s not recorded: %s", job.id, status, exc)
