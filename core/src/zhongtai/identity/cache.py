@@ -128,15 +128,10 @@ class IdentityCache:
             value = await reader.read()
         except Exception as exc:
             with self._lock:
-                if self._generation is not None:
-                    log.warning("identity cache off until the counter can be read: %s", exc)
-                self._reset(None)
+                self._unreadable(exc)
             return None
         with self._lock:
-            if value != self._generation:
-                self._reset(value)
-            self._read_at = time.monotonic()
-        return value
+            return self._observe(value)
 
     def generation(self, within: float = 0.0) -> int | None:
         """Read the counter; empty the caches when it moved. ``None``: bypass the cache.
@@ -157,14 +152,22 @@ class IdentityCache:
                 value = self._read()
             except Exception as exc:
                 self._drop_connection()
-                if self._generation is not None:
-                    log.warning("identity cache off until the counter can be read: %s", exc)
-                self._reset(None)
+                self._unreadable(exc)
                 return None
-            if value != self._generation:
-                self._reset(value)
-            self._read_at = time.monotonic()
-            return value
+            return self._observe(value)
+
+    def _observe(self, value: int) -> int:
+        """Take ``value`` as the counter just read (lock held): a new one empties the caches."""
+        if value != self._generation:
+            self._reset(value)
+        self._read_at = time.monotonic()
+        return value
+
+    def _unreadable(self, exc: Exception) -> None:
+        """The counter could not be read (lock held): caches off until it can."""
+        if self._generation is not None:
+            log.warning("identity cache off until the counter can be read: %s", exc)
+        self._reset(None)
 
     def get(self, kind: str, key: Hashable, generation: int | None) -> Any:
         """The value kept for ``key`` under ``generation``, or None."""
