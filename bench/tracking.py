@@ -3,8 +3,9 @@
 One data directory is seeded with a developer in one project and an API key scoped
 to it. ``zhongtai serve`` (the train plugin; embedded SQLite unless ``--database
 postgres``) runs its MLflow server; next to it a plain ``mlflow server`` runs on the
-*same* backend store and artifact folder, with the same number of workers and
-workspaces enabled (the store is workspace-aware once the platform has used it), and
+*same* backend store and artifact folder, with the same number of workers
+(``--workers``: 2, the platform's default; issue 7 states the ``log_metric`` target
+against one, ``--workers 1``) and workspaces enabled (the store is workspace-aware once the platform has used it), and
 the client names the project's workspace itself. The ``mlflow`` client, in this
 process, then drives both in rounds (4; the side that goes first alternates), so
 that drift on a shared machine falls on both sides:
