@@ -5,10 +5,10 @@ to it. ``zhongtai serve`` (the train plugin; embedded SQLite unless ``--database
 postgres``) runs its MLflow server; next to it a plain ``mlflow server`` runs on the
 *same* backend store and artifact folder, with the same number of workers
 (``--workers``: 2, the platform's default; issue 7 states the ``log_metric`` target
-against one, ``--workers 1``) and workspaces enabled (the store is workspace-aware once the platform has used it), and
-the client names the project's workspace itself. The ``mlflow`` client, in this
-process, then drives both in rounds (4; the side that goes first alternates), so
-that drift on a shared machine falls on both sides:
+against one, ``--workers 1``) and workspaces enabled (the store is workspace-aware
+once the platform has used it), and the client names the project's workspace itself.
+The ``mlflow`` client, in this process, then drives both in rounds (4; the side that
+goes first alternates), so that drift on a shared machine falls on both sides:
 
 * ``log_batch`` of 1,000 metric points per call, 15 calls a side a round: points per
   second through ``/mlflow`` (auth + project check + proxy) ÷ plain. Target ≥ 0.9.
