@@ -401,21 +401,25 @@ def test_multipart_complete_copies_through_python_where_the_kernel_will_not(
     local_store: LocalStore, monkeypatch: pytest.MonkeyPatch, refusal: int
 ) -> None:
     """Completing concatenates the parts with copy_file_range; a filesystem or kernel
-    without it gets the same object by plain reads and writes."""
+    without it gets the same object by plain reads and writes, and is asked once, not
+    again for every block of every part."""
     first, second = os.urandom(MIN_PART_SIZE), os.urandom(3 * MB + 7)
     upload = local_store.create_multipart("joined")
     parts = [
         (1, local_store.upload_part("joined", upload, 1, first)),
         (2, local_store.upload_part("joined", upload, 2, second)),
     ]
+    asked = []
 
-    def refuse(*_args: Any) -> int:
+    def refuse(*args: Any) -> int:
+        asked.append(args)
         raise OSError(refusal, os.strerror(refusal))
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
     info = local_store.complete_multipart("joined", upload, parts)
     assert info.size == len(first) + len(second)
     assert local_store.read_bytes("joined") == first + second
+    assert len(asked) == 1
 
 
 def test_multipart_complete_failing_midway_leaves_no_object_and_the_upload_open(

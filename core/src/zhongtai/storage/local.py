@@ -74,20 +74,28 @@ def _md5() -> Any:
     return hashlib.md5(usedforsecurity=False)
 
 
-def _copy_range(source: int, target: int, count: int) -> int:
-    """Copy up to ``count`` bytes from ``source``'s offset to ``target``'s, in the kernel
-    where it can (``copy_file_range``), else through a buffer; return how many."""
-    if hasattr(os, "copy_file_range"):
-        try:
-            return os.copy_file_range(source, target, min(count, 1 << 30))
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-    chunk = os.read(source, min(count, DEFAULT_CHUNK_SIZE))
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(target, view) :]
-    return len(chunk)
+class _Copier:
+    """Copies byte ranges between files: in the kernel (``copy_file_range``) until it
+    says it cannot for these files, then through a buffer, without asking it again."""
+
+    def __init__(self) -> None:
+        self.kernel = hasattr(os, "copy_file_range")
+
+    def copy(self, source: int, target: int, count: int) -> int:
+        """Copy up to ``count`` bytes from ``source``'s offset to ``target``'s; return
+        how many (0 at the end of ``source``)."""
+        if self.kernel:
+            try:
+                return os.copy_file_range(source, target, min(count, 1 << 30))
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.kernel = False
+        chunk = os.read(source, min(count, DEFAULT_CHUNK_SIZE))
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+        return len(chunk)
 
 
 def _utc(mtime_ns: int) -> datetime:
@@ -214,11 +222,12 @@ class LocalStore(ObjectStore):
         try:
             with handle:
                 out = handle.fileno()
+                copier = _Copier()
                 for part in files:
                     with part.open("rb") as source:
                         left = os.fstat(source.fileno()).st_size
                         while left > 0:
-                            copied = _copy_range(source.fileno(), out, left)
+                            copied = copier.copy(source.fileno(), out, left)
                             if copied == 0:
                                 break  # end of file: the part shrank behind the store's back
                             left -= copied
