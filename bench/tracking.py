@@ -15,9 +15,10 @@ goes first alternates), so that drift on a shared machine falls on both sides:
 * ``search_runs`` over an experiment of 1,000 runs (``max_results=1000``), 8 calls a
   side a round, the sides alternating call by call: searches per second through the
   platform ÷ plain (total plain time ÷ total platform time). Target ≥ 0.9. A
-  throughput, not a median: on these machines a search takes either about 0.3 s
-  or 0.5 s, depending on which of MLflow's worker processes answers it and how
-  long that worker sat idle, so medians of a few calls flip between the two.
+  throughput, not a median: a plain MLflow worker answers about every second search
+  some 200 ms late (a full garbage collection over its start-up heap, which the
+  platform's MLflow server freezes: ``zhongtai_train/mlflow_app.py``), so medians
+  of a few calls flip between the two speeds.
 * one ``log_metric`` per call, 150 calls a side a round, in runs of 30 calls in a
   row (as a training script makes them), the sides taking turns run by run: p50
   through the platform ÷ p50 plain, over all calls. Target ≤ 1.2. Each call

@@ -19,7 +19,7 @@ the requests, the stores and the answers are MLflow's own.
 from __future__ import annotations
 
 import gc
-import threading
+import importlib
 from typing import Any
 
 #: What MLflow's ``mlflow server`` serves under uvicorn when no ``--app-name`` is given.
@@ -33,23 +33,19 @@ class FrozenStartApp:
     Loading lazily matters twice: ``mlflow server`` imports this module in its own
     process to look at :data:`app` (and would otherwise build MLflow's app there for
     nothing), and a worker freezes only once everything its start-up imports is in.
+    A worker calls it from its one event loop, so the first call loads it alone.
     """
 
     def __init__(self) -> None:
         self._app: Any = None
-        self._lock = threading.Lock()
 
     def load(self) -> Any:
         """MLflow's app, imported (once) and with the heap frozen after it."""
         if self._app is None:
-            with self._lock:
-                if self._app is None:
-                    import importlib
-
-                    loaded = importlib.import_module(MLFLOW_APP).app
-                    gc.collect()
-                    gc.freeze()
-                    self._app = loaded
+            loaded = importlib.import_module(MLFLOW_APP).app
+            gc.collect()
+            gc.freeze()
+            self._app = loaded
         return self._app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
