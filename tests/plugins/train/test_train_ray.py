@@ -326,6 +326,10 @@ def test_cleanup_stops_a_job_still_running(ray_head: str, tmp_path: Path) -> Non
         time.sleep(0.3)
     backend.cleanup(handle)
     assert backend.poll(handle).reason == "JobNotFound"
+    # Ray's job monitor may notice the stopped job's supervisor gone only after the
+    # delete and write the record back; cleanup deletes it again, so it stays gone.
+    time.sleep(2.0)
+    assert backend.poll(handle).reason == "JobNotFound"
 
 
 def test_check_refuses_what_ray_cannot_run(tmp_path: Path) -> None:

@@ -68,6 +68,13 @@ ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 REQUEST_TIMEOUT = (10.0, 60.0)
 #: Seconds :meth:`RayBackend.cleanup` waits for a job it had to stop before deleting it.
 STOP_WAIT = 10.0
+#: Seconds :meth:`RayBackend.cleanup` watches a job that ended this recently (or that it
+#: stopped) after deleting it. The head's job monitor checks the job's supervisor once a
+#: second; if it sees the supervisor gone only after the delete, it finds no record,
+#: takes the job for one that died, and writes the record back as ``FAILED``
+#: (``JOB_SUPERVISOR_ACTOR_DIED``). The record it writes is terminal, so a second
+#: delete ends it.
+RESURRECT_WATCH = 4.0
 
 # A requirement as pip reads it from a requirements file: a name, extras, version
 # specifiers. No options (``--index-url``), paths, URLs, markers or line breaks.
@@ -305,7 +312,8 @@ class RayBackend(Backend):
             log.warning("cannot clean up Ray job %s: %s", handle[:200], exc)
             return
         try:
-            if _value(client.get_job_status(job)) not in _TERMINAL:
+            info = client.get_job_info(job)
+            if _value(info.status) not in _TERMINAL:
                 client.stop_job(job)
                 deadline = time.monotonic() + STOP_WAIT
                 while _value(client.get_job_status(job)) not in _TERMINAL:
@@ -313,12 +321,35 @@ class RayBackend(Backend):
                         log.warning("Ray job %s at %s still runs after stop_job", job, address)
                         return
                     time.sleep(0.5)
+                recent = True
+            else:
+                ended = (info.end_time or 0) / 1000
+                recent = time.time() - ended < RESURRECT_WATCH
             client.delete_job(job)
+            if recent:
+                self._delete_again_if_rewritten(client, job)
         except Exception as exc:
             level = logging.DEBUG if _not_found(exc) else logging.WARNING
             log.log(level, "could not delete Ray job %s at %s: %s", job, address, _short(exc))
 
     # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _delete_again_if_rewritten(client: JobSubmissionClient, job: str) -> None:
+        """Delete ``job`` again if Ray's job monitor writes it back after the delete
+        (see :data:`RESURRECT_WATCH`)."""
+        deadline = time.monotonic() + RESURRECT_WATCH
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                client.get_job_info(job)
+            except Exception as exc:
+                if _not_found(exc):
+                    continue
+                raise
+            log.debug("Ray wrote back stopped job %s after its delete; deleting it again", job)
+            client.delete_job(job)
+            return
 
     def _client(self, address: str) -> JobSubmissionClient:
         """A Jobs API client for ``address``, made once per backend instance (making one
