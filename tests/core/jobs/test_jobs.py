@@ -376,6 +376,40 @@ def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
     assert 1 <= len(calls) <= 4, calls
 
 
+def test_a_busy_engine_does_not_look_for_due_jobs_at_every_job(jobs_app, monkeypatch):
+    """Jobs starting here make the maintenance thread flush their logs, not read the
+    schedule: under load that read came once per job (or four times a second)."""
+    from zhongtai.jobs.engine import JobEngine
+
+    calls: list[float] = []
+    promote = JobEngine.promote_due
+
+    def counted(self: JobEngine) -> float | None:
+        calls.append(time.monotonic())
+        return promote(self)
+
+    monkeypatch.setattr(JobEngine, "promote_due", counted)
+    with jobs_app(poll_interval=30.0, reconcile_interval=30.0) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        time.sleep(0.5)  # start-up
+        calls.clear()
+        jobs = [
+            submit(
+                client,
+                headers,
+                type="demo.add",
+                project=project.id,
+                params={"a": n, "b": 1, "sleep": 0.05},
+            ).json()
+            for n in range(20)
+        ]
+        for n, job in enumerate(jobs):
+            done = wait_for(client, headers, job["id"])
+            assert done["status"] == "succeeded" and done["result"] == {"sum": n + 1}
+    assert len(calls) <= 1, calls
+
+
 def test_cancel_waiting_running_and_finished_jobs(env):
     client, identity = env
     user, project = identity.project_with("developer")

@@ -156,6 +156,8 @@ class JobEngine:
         self._handlers = _HandlerThreads()
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts the maintenance thread's sleep short
+        self._look_for_due = False  # …and has it look for due scheduled jobs (wake())
+        self._flushing = False  # the maintenance thread wakes every FLUSH_SECONDS now
         self._maintenance: threading.Thread | None = None
         driver_cls = load_driver("zhongtai.queue", self.settings.queue)
         self.driver: QueueDriver = driver_cls(self)
@@ -363,7 +365,8 @@ class JobEngine:
         running = _Running(job.id, job.attempts, cancel, context)
         with self._running_lock:
             self._running[job.id] = running
-        self.wake()  # its log lines are flushed from now on
+        if not self._flushing:
+            self._wake.set()  # its log lines are flushed from now on
         self.hub.publish(job.id, {"kind": "status", "status": "running", "attempt": job.attempts})
         try:
             status, result, error = self._execute(job_type, job, context, cancel)
@@ -662,30 +665,34 @@ class JobEngine:
     # -- maintenance -----------------------------------------------------------
 
     def wake(self) -> None:
-        """Have the maintenance thread look again now: a job started running here, or one
-        was scheduled here (its ``run_at`` is then met on time, not at the next poll)."""
+        """Have the maintenance thread look for due jobs now: one was scheduled here (its
+        ``run_at`` is then met on time, not at the next poll)."""
+        self._look_for_due = True
         self._wake.set()
 
     def _maintain(self) -> None:
         """Flush live logs, promote due jobs, beat, reconcile; sleep in between.
 
         While jobs run here it wakes every :data:`~zhongtai.jobs.context.FLUSH_SECONDS`
-        (their buffered log lines and progress). Idle, it sleeps until the next
-        scheduled job it knows of is due, the next reconciliation, or ``poll_interval``
-        (jobs other processes scheduled), whichever is first, and :meth:`wake` cuts
-        the sleep short. Every wake-up costs at least a database read, so an idle
-        server wakes rarely.
+        (their buffered log lines and progress). It looks for due scheduled jobs (a
+        database read) when the next one it knows of is due, every ``poll_interval``
+        (jobs other processes scheduled) and when :meth:`wake` asks, not at every
+        wake-up: under load a job starts here every few milliseconds. Idle, it sleeps
+        until the next of those or the next reconciliation, so an idle server wakes
+        rarely.
         """
         next_beat = next_reconcile = next_poll = 0.0
         due_at: float | None = None  # monotonic time the next known scheduled job is due
-        poked = True
+        self._look_for_due = True
         while not self._stop.is_set():
             now = time.monotonic()
             running = self._snapshot_running()
+            self._flushing = bool(running)
+            asked, self._look_for_due = self._look_for_due, False
             try:
                 for item in running:
                     item.context.flush()
-                if poked or running or now >= next_poll or (due_at is not None and now >= due_at):
+                if asked or now >= next_poll or (due_at is not None and now >= due_at):
                     upcoming = self.promote_due()
                     now = time.monotonic()
                     next_poll = now + self.settings.poll_interval
@@ -699,10 +706,11 @@ class JobEngine:
             except Exception:
                 log.exception("jobs maintenance failed; trying again")
                 next_poll = time.monotonic() + self.settings.poll_interval
+                self._look_for_due = self._look_for_due or asked
             wake_at = min(next_poll, next_reconcile, math.inf if due_at is None else due_at)
             if running:
                 wake_at = min(wake_at, now + FLUSH_SECONDS)
-            poked = self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
 
     def promote_due(self) -> float | None:
