@@ -552,7 +552,12 @@ class JobEngine:
         retry_in: float | None = None
         if status == JobStatus.failed and job.attempts < job.max_attempts:
             retry_in = job_type.retry_delay(job.attempts)
-        with self._transition(), self.platform.db.transaction() as session:
+        # An outcome is one statement, committed by itself (no BEGIN/COMMIT round trips:
+        # this runs for every job); a retry also writes the line that explains it, so it
+        # takes a transaction.
+        db = self.platform.db
+        scope = db.autocommit() if retry_in is None else db.transaction()
+        with self._transition(), scope as session:
             if retry_in is not None:
                 values: dict[str, Any] = {
                     "status": str(JobStatus.scheduled),
