@@ -356,6 +356,33 @@ def test_a_job_another_process_scheduled_is_found_by_the_poll(jobs_app):
         assert done["status"] == "succeeded" and done["result"] == {"sum": 4}
 
 
+def test_a_job_that_cannot_run_here_fails_at_its_claim_with_the_reason(jobs_app):
+    """A worker without the job's type, or with a schema its stored parameters no longer
+    fit, fails the job when it claims it: no attempt counted, no worker recorded."""
+    from zhongtai.hooks.events import utcnow
+
+    with jobs_app(poll_interval=0.5) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        gone = parked(client, headers, project.id, a=1, b=1)
+        stale = parked(client, headers, project.id, a=1, b=1)
+        with platform.db.transaction() as session:
+            session.get(Job, gone["id"]).type = "demo.uninstalled"
+            session.get(Job, stale["id"]).params = {"a": "one", "b": 1}
+            for job_id in (gone["id"], stale["id"]):
+                session.get(Job, job_id).run_at = utcnow()
+        for job, reason in (
+            (gone, "job type demo.uninstalled is not installed on "),
+            (stale, "stored parameters no longer valid: "),
+        ):
+            done = wait_for(client, headers, job["id"])
+            assert done["status"] == "failed" and done["error"].startswith(reason), done
+            assert done["attempts"] == 0 and done["started_at"] is None, done
+            with platform.db.transaction() as session:
+                assert session.get(Job, job["id"]).worker is None
+
+
 def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
     """Idle, the maintenance thread wakes for the poll and the reconciler only, not
     several times a second: on a server nobody uses, each wake-up is a transaction."""
