@@ -383,9 +383,9 @@ def test_a_job_that_cannot_run_here_fails_at_its_claim_with_the_reason(jobs_app)
                 assert session.get(Job, job["id"]).worker is None
 
 
-def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
-    """Idle, the maintenance thread wakes for the poll and the reconciler only, not
-    several times a second: on a server nobody uses, each wake-up is a transaction."""
+@pytest.fixture
+def schedule_reads(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When the engines of the test looked for due scheduled jobs (a database read)."""
     from zhongtai.jobs.engine import JobEngine
 
     calls: list[float] = []
@@ -396,6 +396,13 @@ def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
         return promote(self)
 
     monkeypatch.setattr(JobEngine, "promote_due", counted)
+    return calls
+
+
+def test_an_idle_engine_sleeps_between_polls(jobs_app, schedule_reads):
+    """Idle, the maintenance thread wakes for the poll and the reconciler only, not
+    several times a second: on a server nobody uses, each wake-up is a transaction."""
+    calls = schedule_reads
     with jobs_app(poll_interval=1.0, reconcile_interval=30.0):
         time.sleep(0.5)  # start-up
         calls.clear()
@@ -403,19 +410,10 @@ def test_an_idle_engine_sleeps_between_polls(jobs_app, monkeypatch):
     assert 1 <= len(calls) <= 4, calls
 
 
-def test_a_busy_engine_does_not_look_for_due_jobs_at_every_job(jobs_app, monkeypatch):
+def test_a_busy_engine_does_not_look_for_due_jobs_at_every_job(jobs_app, schedule_reads):
     """Jobs starting here make the maintenance thread flush their logs, not read the
     schedule: under load that read came once per job (or four times a second)."""
-    from zhongtai.jobs.engine import JobEngine
-
-    calls: list[float] = []
-    promote = JobEngine.promote_due
-
-    def counted(self: JobEngine) -> float | None:
-        calls.append(time.monotonic())
-        return promote(self)
-
-    monkeypatch.setattr(JobEngine, "promote_due", counted)
+    calls = schedule_reads
     with jobs_app(poll_interval=30.0, reconcile_interval=30.0) as (client, identity):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)

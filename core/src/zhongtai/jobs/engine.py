@@ -564,12 +564,7 @@ class JobEngine:
                 )
                 settled = session.execute(
                     update(Job)
-                    .where(
-                        Job.id == job.id,
-                        Job.status == str(JobStatus.running),
-                        Job.attempts == job.attempts,
-                        Job.worker == worker,
-                    )
+                    .where(*_this_attempt(job.id, job.attempts, worker))
                     .values(
                         status=str(JobStatus.scheduled),
                         run_at=now + timedelta(seconds=retry_in),
@@ -876,14 +871,7 @@ class JobEngine:
             else:
                 values.update(status=str(JobStatus.failed), finished_at=now)
             changed = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id,
-                    Job.status == str(JobStatus.running),
-                    Job.attempts == job.attempts,
-                    Job.worker == job.worker,
-                )
-                .values(**values)
+                update(Job).where(*_this_attempt(job.id, job.attempts, job.worker)).values(**values)
             ).rowcount  # type: ignore[attr-defined]
             what = "resuming" if resume else "retrying" if retry else "failed"
             line = (
@@ -1046,6 +1034,18 @@ def _cancel_task(box: dict[str, Any]) -> None:
 
 # When the next scheduled job is due (built once: the maintenance loop asks it often).
 _NEXT_DUE = select(func.min(Job.run_at)).where(Job.status == str(JobStatus.scheduled))
+
+
+def _this_attempt(job_id: str, attempts: int, worker: str | None) -> tuple[Any, ...]:
+    """Where one attempt's row is still running with the worker that claimed it: a
+    change of its state made elsewhere (the reconciler, another worker) wins."""
+    return (
+        Job.id == job_id,
+        Job.status == str(JobStatus.running),
+        Job.attempts == attempts,
+        Job.worker == worker,
+    )
+
 
 # The statements every job runs, built once and in SQLAlchemy Core: building an ORM
 # UPDATE per call (its compile state and cache key) was a fifth of a worker's CPU.
