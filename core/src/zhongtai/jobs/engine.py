@@ -557,14 +557,9 @@ class JobEngine:
         scope = db.autocommit() if retry_in is None else db.transaction()
         with self._transition(), scope as session:
             if retry_in is not None:
-                held = (
-                    select(Job.id)
-                    .where(Job.project_id == job.project_id, Job.status == str(JobStatus.held))
-                    .exists()
-                )
                 settled = session.execute(
-                    update(Job)
-                    .where(*_this_attempt(job.id, job.attempts, worker))
+                    update(_JOBS)
+                    .where(*_THIS_ATTEMPT)
                     .values(
                         status=str(JobStatus.scheduled),
                         run_at=now + timedelta(seconds=retry_in),
@@ -572,18 +567,15 @@ class JobEngine:
                         worker=None,
                         heartbeat_at=None,
                     )
-                    .returning(held)
-                    .execution_options(synchronize_session=False)
+                    .returning(_HELD),
+                    _attempt(job, worker),
                 ).first()
             else:
                 succeeded = status == JobStatus.succeeded
                 settled = session.execute(
                     _SUCCEEDED if succeeded else _ENDED,
                     {
-                        "o_id": job.id,
-                        "o_attempts": job.attempts,
-                        "o_worker": worker,
-                        "o_project": job.project_id,
+                        **_attempt(job, worker),
                         "o_now": now,
                         **({"o_result": result} if succeeded else {}),
                         **({} if succeeded else {"o_status": status, "o_error": error}),
@@ -871,7 +863,7 @@ class JobEngine:
             else:
                 values.update(status=str(JobStatus.failed), finished_at=now)
             changed = session.execute(
-                update(Job).where(*_this_attempt(job.id, job.attempts, job.worker)).values(**values)
+                update(_JOBS).where(*_THIS_ATTEMPT).values(**values), _attempt(job, job.worker)
             ).rowcount  # type: ignore[attr-defined]
             what = "resuming" if resume else "retrying" if retry else "failed"
             line = (
@@ -1036,17 +1028,6 @@ def _cancel_task(box: dict[str, Any]) -> None:
 _NEXT_DUE = select(func.min(Job.run_at)).where(Job.status == str(JobStatus.scheduled))
 
 
-def _this_attempt(job_id: str, attempts: int, worker: str | None) -> tuple[Any, ...]:
-    """Where one attempt's row is still running with the worker that claimed it: a
-    change of its state made elsewhere (the reconciler, another worker) wins."""
-    return (
-        Job.id == job_id,
-        Job.status == str(JobStatus.running),
-        Job.attempts == attempts,
-        Job.worker == worker,
-    )
-
-
 # The statements every job runs, built once and in SQLAlchemy Core: building an ORM
 # UPDATE per call (its compile state and cache key) was a fifth of a worker's CPU.
 _JOBS: Table = Job.__table__  # type: ignore[assignment]  # a Table: declarative, no inheritance
@@ -1067,14 +1048,35 @@ _CLAIM = (
 )
 
 
+# Where one attempt's row is still running with the worker that claimed it: a change
+# of its state made elsewhere (the reconciler, another worker) wins. See _attempt().
+_THIS_ATTEMPT = (
+    _JOBS.c.id == bindparam("a_id"),
+    _JOBS.c.status == str(JobStatus.running),
+    _JOBS.c.attempts == bindparam("a_attempts"),
+    _JOBS.c.worker.is_not_distinct_from(bindparam("a_worker", type_=_JOBS.c.worker.type)),
+)
+# Returned by an outcome's UPDATE: whether the attempt's project has held jobs that the
+# freed capacity may release (almost never, so no query of its own).
+_HELD = (
+    select(_JOBS.c.id)
+    .where(_JOBS.c.project_id == bindparam("a_project"), _JOBS.c.status == str(JobStatus.held))
+    .exists()
+)
+
+
+def _attempt(job: Job, worker: str | None) -> dict[str, Any]:
+    """The parameters of :data:`_THIS_ATTEMPT` and :data:`_HELD` for ``job``'s attempt."""
+    return {
+        "a_id": job.id,
+        "a_attempts": job.attempts,
+        "a_worker": worker,
+        "a_project": job.project_id,
+    }
+
+
 def _outcome(succeeded: bool) -> Any:
-    """The UPDATE that records a final outcome; it also tells whether the project has
-    held jobs that the freed capacity may release (almost never: no query of its own)."""
-    held = (
-        select(_JOBS.c.id)
-        .where(_JOBS.c.project_id == bindparam("o_project"), _JOBS.c.status == str(JobStatus.held))
-        .exists()
-    )
+    """The UPDATE that records a final outcome (and returns :data:`_HELD`)."""
     values: dict[str, Any] = {
         "finished_at": bindparam("o_now", type_=_AT),
         "heartbeat_at": None,
@@ -1088,17 +1090,7 @@ def _outcome(succeeded: bool) -> Any:
         values["status"] = bindparam("o_status")
         values["result"] = None
         values["error"] = bindparam("o_error")
-    return (
-        update(_JOBS)
-        .where(
-            _JOBS.c.id == bindparam("o_id"),
-            _JOBS.c.status == str(JobStatus.running),
-            _JOBS.c.attempts == bindparam("o_attempts"),
-            _JOBS.c.worker == bindparam("o_worker"),
-        )
-        .values(**values)
-        .returning(held)
-    )
+    return update(_JOBS).where(*_THIS_ATTEMPT).values(**values).returning(_HELD)
 
 
 _SUCCEEDED, _ENDED = _outcome(True), _outcome(False)
