@@ -6,7 +6,9 @@ that no route changes or deletes a row.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -373,3 +375,111 @@ def zt_identity_for() -> Any:
         return ZtIdentity(client.app.state["platform"])
 
     return make
+
+
+# -- the writer: rows of concurrent requests share INSERTs --------------------------
+
+
+class HeldInserts:
+    """Holds the audit writer's first INSERT until released, so that the rows written
+    meanwhile pile up; counts the audit INSERTs. Made inside the test's event loop."""
+
+    def __init__(self, platform: Any) -> None:
+        self.release = threading.Event()
+        self.inserts = 0
+        self.started = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        # The engine's listeners also hear the self-committing engine built on it.
+        self.engine = platform.db.engine
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+            self.inserts += 1
+            self.loop.call_soon_threadsafe(self.started.set)
+            self.release.wait(10)
+
+    def remove(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def audit_values(action: str) -> dict[str, Any]:
+    return audit._values(
+        action=action,
+        outcome="success",
+        principal=None,
+        actor_user_id=None,
+        target_kind=None,
+        target_id=None,
+        project_id=None,
+        org_id=None,
+        client_addr="127.0.0.1",
+        detail=None,
+        occurred_at=None,
+    )
+
+
+def written(platform: Any, prefix: str) -> list[str]:
+    with platform.db.transaction() as session:
+        return sorted(
+            session.scalars(
+                select(AuditEvent.action).where(AuditEvent.action.startswith(prefix))
+            ).all()
+        )
+
+
+def write_while_the_first_insert_is_held(
+    platform: Any, first: dict[str, Any], rest: list[dict[str, Any]]
+) -> int:
+    """Write ``first``; while its INSERT is held, write ``rest``; return the INSERTs."""
+    writer = audit.AuditWriter(platform.db)
+
+    async def main() -> int:
+        held = HeldInserts(platform)
+        try:
+            tasks = [asyncio.ensure_future(writer.write(first))]
+            await held.started.wait()
+            tasks += [asyncio.ensure_future(writer.write(values)) for values in rest]
+            await asyncio.sleep(0.05)
+            assert not any(task.done() for task in tasks)  # each waits for its commit
+            held.release.set()
+            await asyncio.gather(*tasks)  # a row that failed is logged, never raised
+            return held.inserts
+        finally:
+            held.release.set()
+            held.remove()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        writer.close()
+
+
+def test_rows_written_while_an_insert_runs_go_together_in_the_next(zt_platform):
+    inserts = write_while_the_first_insert_is_held(
+        zt_platform, audit_values("batch.0"), [audit_values(f"batch.{i}") for i in range(1, 40)]
+    )
+    assert written(zt_platform, "batch.") == sorted(f"batch.{i}" for i in range(40))
+    assert inserts == 2  # the first row, then the 39 that waited for it
+
+
+def test_a_row_that_cannot_be_written_does_not_take_its_batch_with_it(zt_platform, caplog):
+    bad = audit_values("bad.row")
+    bad["outcome"] = None  # NOT NULL: the database refuses this row
+    write_while_the_first_insert_is_held(
+        zt_platform,
+        audit_values("good.0"),
+        [audit_values("good.1"), bad, audit_values("good.2")],
+    )
+    assert written(zt_platform, "good.") == ["good.0", "good.1", "good.2"]
+    assert written(zt_platform, "bad.") == []
+    assert "could not write the audit row of bad.row" in caplog.text
+
+
+def test_rows_written_after_the_writer_closed_are_still_written(zt_platform):
+    writer = audit.AuditWriter(zt_platform.db)
+    asyncio.run(writer.write(audit_values("open.0")))
+    writer.close()
+    asyncio.run(writer.write(audit_values("closed.0")))  # shutting down: written directly
+    assert written(zt_platform, "open.") == ["open.0"]
+    assert written(zt_platform, "closed.") == ["closed.0"]

@@ -1,24 +1,29 @@
 """The audit log: one append-only row per state-changing request, login and key event.
 
 Rows are written by the application, not by each route: after every request with a
-mutating method (POST, PUT, PATCH, DELETE) that reached a route, :func:`audit_request`
-appends who (user, API key), what (action, target), where (project, organization),
-when, from where (client address) and how it ended (``success``, ``denied``,
-``failure``). A plugin's routes are audited without any code of its own. A route can
-name the action and target better with :meth:`zhongtai.identity.guard.Access.audit`,
-and :meth:`~zhongtai.identity.guard.Access.require` records the project or
-organization it checked. Code outside a request (the CLI) calls :func:`record`.
+mutating method (POST, PUT, PATCH, DELETE) that reached a route, the app's
+:class:`AuditWriter` appends who (user, API key), what (action, target), where
+(project, organization), when, from where (client address) and how it ended
+(``success``, ``denied``, ``failure``). A plugin's routes are audited without any code
+of its own. A route can name the action and target better with
+:meth:`zhongtai.identity.guard.Access.audit`, and
+:meth:`~zhongtai.identity.guard.Access.require` records the project or organization it
+checked. Code outside a request (the CLI) calls :func:`record`.
 
 The API offers no way to change or delete a row.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
@@ -33,7 +38,7 @@ from zhongtai.identity.models import AuditEvent
 from zhongtai.identity.principal import Principal
 
 if TYPE_CHECKING:
-    from zhongtai.platform import Platform
+    from zhongtai.metadata.database import Database
 
 log = logging.getLogger("zhongtai.audit")
 
@@ -136,11 +141,8 @@ def wants_audit(scope: Mapping[str, Any]) -> bool:
     return scope.get("method") in MUTATING_METHODS and scope.get("route_handler") is not None
 
 
-def audit_request(platform: Platform, scope: Mapping[str, Any], status: int) -> None:
-    """Write the audit row of one finished request (called by the app, in a thread).
-
-    A failure to write is logged, never raised: the response has already been sent.
-    """
+def request_values(scope: Mapping[str, Any], status: int) -> dict[str, Any]:
+    """The audit row of one finished request, from what its handling left in ``scope``."""
     entry: dict[str, Any] = {
         **(scope.get(AUDIT_CONTEXT_KEY) or {}),
         **(scope.get(AUDIT_SCOPE_KEY) or {}),
@@ -159,7 +161,7 @@ def audit_request(platform: Platform, scope: Mapping[str, Any], status: int) -> 
     detail = entry.pop("detail", None) or {}
     detail = {**detail, "method": method, "path": scope.get("path"), "status": status}
     fields = {k: entry.get(k) for k in _FIELDS}
-    values = _values(
+    return _values(
         action=action,
         outcome=entry.pop("outcome", None) or outcome_of(status),
         principal=principal,
@@ -169,15 +171,99 @@ def audit_request(platform: Platform, scope: Mapping[str, Any], status: int) -> 
         occurred_at=None,
         **fields,
     )
-    try:
-        # One INSERT, committed by itself, and no ORM unit of work: this runs after
-        # every state-changing request.
-        with platform.db.autocommit() as session:
-            session.execute(_INSERT, values)
-    except Exception:
-        log.exception("could not write the audit row of %s %s", method, scope.get("path"))
 
 
 _FIELDS = ("target_kind", "target_id", "project_id", "org_id")
 _TABLE: Table = AuditEvent.__table__  # type: ignore[assignment]  # declarative: a Table
 _INSERT = insert(_TABLE)  # Core, not ORM: no compile state of the ORM's per row
+
+
+class AuditWriter:
+    """Writes the audit rows of finished requests from one thread, many per ``INSERT``.
+
+    A request still waits for its row to be committed (its task does; the response has
+    been sent), so whoever reads the log once a request has ended finds its row. What
+    requests share is the round trip: rows that arrive while one ``INSERT`` runs go
+    together in the next, in one transaction. A batch that fails is written again row
+    by row, so one bad row never takes the others with it; a row that cannot be
+    written is logged, never raised. :meth:`close` writes what is left.
+    """
+
+    #: Rows written in one statement at most.
+    BATCH = 500
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cond = threading.Condition()
+        self._pending: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]]
+        self._pending = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    async def write(self, values: dict[str, Any]) -> None:
+        """Append one row; return once it is committed (or its failure logged)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if not self._closed:
+                self._pending.append((values, loop, done))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="zt-audit-writer", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+                queued = True
+            else:
+                queued = False
+        if queued:
+            await done
+        else:  # the app is shutting down: no writer thread any more
+            await anyio.to_thread.run_sync(self._insert, [values])
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write the rows still waiting and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                batch = self._pending[: self.BATCH]
+                del self._pending[: self.BATCH]
+            if not batch:
+                return  # closed, and nothing left to write
+            self._insert([values for values, _, _ in batch])
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, loop, done in batch:
+                waiting.setdefault(loop, []).append(done)
+            for loop, futures in waiting.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    loop.call_soon_threadsafe(_resolve, futures)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        # Core, not the ORM: no unit of work per row. One row commits by itself (no
+        # BEGIN and COMMIT round trips); several share one transaction.
+        try:
+            scope = self._db.autocommit() if len(rows) == 1 else self._db.transaction()
+            with scope as session:
+                session.execute(_INSERT, rows)
+            return
+        except Exception:
+            if len(rows) == 1:
+                log.exception("could not write the audit row of %s", rows[0].get("action"))
+                return
+        for row in rows:  # the batch failed: find the row that cannot be written
+            self._insert([row])
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for done in futures:
+        if not done.done():
+            done.set_result(None)

@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import anyio.to_thread
 from litestar import Litestar, Request, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -26,7 +25,7 @@ from litestar.types import ControllerRouterHandler
 
 import zhongtai
 from zhongtai.hooks.manager import PluginRecord, StartupError
-from zhongtai.identity.audit import audit_request, wants_audit
+from zhongtai.identity.audit import AuditWriter, request_values, wants_audit
 from zhongtai.identity.guard import (
     ACCESS_OPT,
     PUBLIC,
@@ -112,8 +111,8 @@ class PlatformApp(Litestar):
     async def _audit(self, scope: Any, status: int) -> None:
         """Append the audit row of a finished state-changing request (see identity.audit)."""
         if wants_audit(scope):
-            platform = self.state["platform"]
-            await anyio.to_thread.run_sync(audit_request, platform, scope, status)
+            writer: AuditWriter = self.state["audit_writer"]
+            await writer.write(request_values(scope, status))
 
 
 def create_app(
@@ -214,6 +213,9 @@ def build_app(platform: Platform) -> Litestar:
         logging_config=None,  # zhongtai.logs configures logging once, for every library
     )
     app.state["platform"] = platform
+    writer = AuditWriter(platform.db)
+    platform.on_close(writer.close)  # before the database closes (callbacks run first)
+    app.state["audit_writer"] = writer
     app.state["metrics"] = Metrics()
     app.state["access_log"] = settings.access_log
     _check_access_declared(app, platform)
