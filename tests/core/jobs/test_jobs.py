@@ -684,6 +684,43 @@ def test_a_rolled_back_submission_never_runs(env):
         assert session.scalars(select(Job)).all() == []
 
 
+def test_a_submitted_job_is_the_callers_to_change_in_its_transaction(env):
+    """``submit`` inserts the row itself, yet hands back a Job of the caller's session
+    with every column loaded (nothing read back lazily) whose changes the commit writes."""
+    from datetime import timedelta
+
+    from sqlalchemy import inspect
+
+    from zhongtai.hooks.events import utcnow
+    from zhongtai.identity.principal import Principal
+    from zhongtai.jobs.engine import jobs_engine
+
+    client, identity = env
+    user, project = identity.project_with("developer")
+    platform = client.app.state["platform"]
+    engine = jobs_engine(platform)
+    with platform.db.transaction() as session:
+        job = engine.submit(
+            session,
+            job_type=engine.types.get("demo.add"),
+            project_id=project.id,
+            principal=Principal(user.id),
+            params=AddParams(a=1, b=2),
+            run_at=utcnow() + timedelta(days=1),  # parked: no worker takes it meanwhile
+        )
+        state = inspect(job)
+        assert state.persistent and state.session is session
+        assert not state.unloaded and not state.expired_attributes
+        assert (job.status, job.params["b"], job.attempts) == ("scheduled", 2, 0)
+        job.progress_message = "noted by the caller"
+        job_id = job.id
+    with platform.db.transaction() as session:
+        stored = session.get(Job, job_id)
+        assert stored is not None
+        assert (stored.status, stored.progress_message) == ("scheduled", "noted by the caller")
+        assert stored.owner_id == user.id and stored.created_at is not None
+
+
 @pytest.mark.skipif(redis_for_tests() is not None, reason="the embedded queue's restart")
 def test_restart_resumes_queued_jobs_and_settles_interrupted_ones(jobs_app):
     import socket
