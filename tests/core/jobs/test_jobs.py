@@ -587,6 +587,43 @@ def test_hook_admit_job(jobs_app, demo):
         assert done[2]["started_at"] < done[1]["started_at"]
 
 
+def test_claims_racing_in_one_project_start_no_more_jobs_than_its_limit(jobs_app):
+    """Workers claiming jobs of one project at the same moment (threads with their own
+    connections, as processes have): the project's lock lets exactly ``limit`` run;
+    the others go back to held, unrun (and are queued again as those end)."""
+    import threading
+
+    from zhongtai.jobs.engine import jobs_engine
+
+    with jobs_app(max_running_per_project=2) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        engine = jobs_engine(platform)
+        jobs = [parked(client, headers, project.id, a=i, b=0, sleep=0.5) for i in range(8)]
+        with platform.db.transaction() as session:
+            for job in jobs:  # queued, yet never dispatched: only the threads below run them
+                stored = session.get(Job, job["id"])
+                stored.status, stored.run_at = "queued", None
+        start = threading.Barrier(len(jobs))
+        outcomes: dict[str, str | None] = {}
+
+        def claim(job_id: str, n: int) -> None:
+            start.wait()
+            outcomes[job_id] = engine.run(job_id, f"racer-{n}")
+
+        threads = [
+            threading.Thread(target=claim, args=(job["id"], n)) for n, job in enumerate(jobs)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        ran = [job_id for job_id, outcome in outcomes.items() if outcome is not None]
+        assert len(outcomes) == len(jobs) and len(ran) == 2, outcomes
+        assert all(outcomes[job_id] == "succeeded" for job_id in ran)
+
+
 def test_a_policy_can_hold_a_job_at_start(jobs_app, demo):
     demo.hold_all = True
     with jobs_app() as (client, identity):

@@ -99,7 +99,7 @@ def wait_for(
 
 
 @needs_redis
-def test_a_worker_process_runs_jobs(zt_app_factory, fast_settings, spawn_worker):
+def test_a_worker_process_runs_jobs(zt_app_factory, fast_settings, spawn_worker, tmp_path):
     with server(zt_app_factory, fast_settings) as (client, identity):
         user, project = identity.project_with("developer")
         headers = identity.headers(user)
@@ -120,6 +120,11 @@ def test_a_worker_process_runs_jobs(zt_app_factory, fast_settings, spawn_worker)
             job = wait_for(client, headers, job_id, {"succeeded", "failed"})
             assert job["status"] == "succeeded" and job["worker"].startswith("rq:")
         assert worker.poll() is None
+    # RQ's own lines stay; its lines for every job are DEBUG (the platform records jobs).
+    output = (tmp_path / "worker0.log").read_text()
+    assert "started with PID" in output, output
+    for per_job in ("Job OK", "Successfully completed", "result is kept", *ids):
+        assert per_job not in output, output
 
 
 @needs_redis

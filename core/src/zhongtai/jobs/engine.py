@@ -391,16 +391,19 @@ class JobEngine:
         from pydantic import ValidationError
 
         now = utcnow()
+        embedded = self.platform.db.is_embedded
         with self._transition(), self.platform.db.transaction() as session:
-            # Claimed in one statement (the row lock decides between two workers); if
-            # admission says no, the same transaction puts the job back, unseen.
+            # Claimed in one statement (the row lock decides between two workers), which
+            # on PostgreSQL also takes the project's lock; if admission says no, the same
+            # transaction puts the job back, unseen.
             row = session.execute(
-                _CLAIM, {"claim_id": job_id, "claim_worker": worker, "claim_now": now}
+                _CLAIM if embedded else _CLAIM_LOCKING,
+                {"claim_id": job_id, "claim_worker": worker, "claim_now": now},
             ).one_or_none()
             if row is None:
                 return None  # cancelled, already taken, or a duplicate dispatch
             # The claimed row as a detached Job (the statement is Core: see _CLAIM).
-            job = Job(**row._mapping)
+            job = Job(**dict(zip(_COLUMNS, row, strict=False)))
             job_type = self.types.get(job.type)
             if job_type is None:
                 self._fail_now(session, job, f"job type {job.type} is not installed on {worker}")
@@ -410,8 +413,8 @@ class JobEngine:
             except ValidationError as exc:
                 self._fail_now(session, job, f"stored parameters no longer valid: {exc}")
                 return None
-            with self._project_lock(session, job.project_id):
-                decision = decide(self.platform, AdmissionRequest(job, job_type, "start", session))
+            # Under the project's lock: the claim took it (_CLAIM_LOCKING).
+            decision = decide(self.platform, AdmissionRequest(job, job_type, "start", session))
             if decision.decision != "admit":
                 held = self._claimed(session, job)
                 held.status = str(JobStatus.held)
@@ -939,7 +942,8 @@ class JobEngine:
 
     @contextmanager
     def _project_lock(self, session: Session, project_id: str) -> Iterator[None]:
-        """Admission decisions of one project, one at a time (across processes on PostgreSQL)."""
+        """Admission decisions of one project, one at a time (across processes on PostgreSQL;
+        a claim takes the same lock in its own statement, :data:`_CLAIM_LOCKING`)."""
         if not self.platform.db.is_embedded:
             session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:p))"), {"p": project_id})
         yield
@@ -1059,6 +1063,14 @@ _CLAIM = (
     )
     .returning(*_JOBS.c)
 )
+# On PostgreSQL the claim also takes the project's admission lock (see _project_lock),
+# once it has the row: one round trip fewer for every job. The lock comes after the row
+# lock, as it always did, and the admission count that follows is a statement of its
+# own, so its snapshot sees every claim committed before the lock was granted.
+_CLAIM_LOCKING = _CLAIM.returning(
+    func.pg_advisory_xact_lock(func.hashtext(_JOBS.c.project_id)).label("project_locked")
+)
+_COLUMNS = tuple(_JOBS.c.keys())
 
 
 # Where one attempt's row is still running with the worker that claimed it: a change
