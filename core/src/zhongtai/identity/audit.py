@@ -239,13 +239,15 @@ class AuditWriter:
                 del self._pending[: self.BATCH]
             if not batch:
                 return  # closed, and nothing left to write
-            self._insert([values for values, _, _ in batch])
-            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for _, loop, done in batch:
-                waiting.setdefault(loop, []).append(done)
-            for loop, futures in waiting.items():
-                with contextlib.suppress(RuntimeError):  # that loop has closed
-                    loop.call_soon_threadsafe(_resolve, futures)
+            try:
+                self._insert([values for values, _, _ in batch])
+            finally:  # whatever happened, no request waits for ever
+                waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+                for _, loop, done in batch:
+                    waiting.setdefault(loop, []).append(done)
+                for loop, futures in waiting.items():
+                    with contextlib.suppress(RuntimeError):  # that loop has closed
+                        loop.call_soon_threadsafe(_resolve, futures)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         # Core, not the ORM: no unit of work per row. One row commits by itself (no
