@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, Table, bindparam, func, insert, select, text, update
+from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from zhongtai.hooks.events import Event, emit, utcnow
@@ -945,7 +945,7 @@ class JobEngine:
         """Admission decisions of one project, one at a time (across processes on PostgreSQL;
         a claim takes the same lock in its own statement, :data:`_CLAIM_LOCKING`)."""
         if not self.platform.db.is_embedded:
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:p))"), {"p": project_id})
+            session.execute(_LOCK_PROJECT, {"lock_project": project_id})
         yield
 
     def _fail_now(self, session: Session, job: Job, reason: str) -> None:
@@ -1063,13 +1063,20 @@ _CLAIM = (
     )
     .returning(*_JOBS.c)
 )
+
+
+def _project_lock_of(project: Any) -> Any:
+    """Take ``project``'s admission lock (PostgreSQL; held until the transaction ends).
+    Every taker uses this one expression, so they all lock the same key."""
+    return func.pg_advisory_xact_lock(func.hashtext(project))
+
+
+_LOCK_PROJECT = select(_project_lock_of(bindparam("lock_project", type_=_JOBS.c.project_id.type)))
 # On PostgreSQL the claim also takes the project's admission lock (see _project_lock),
 # once it has the row: one round trip fewer for every job. The lock comes after the row
 # lock, as it always did, and the admission count that follows is a statement of its
 # own, so its snapshot sees every claim committed before the lock was granted.
-_CLAIM_LOCKING = _CLAIM.returning(
-    func.pg_advisory_xact_lock(func.hashtext(_JOBS.c.project_id)).label("project_locked")
-)
+_CLAIM_LOCKING = _CLAIM.returning(_project_lock_of(_JOBS.c.project_id).label("project_locked"))
 _COLUMNS = tuple(_JOBS.c.keys())
 
 
