@@ -231,3 +231,43 @@ def test_the_reconciler_finds_lost_jobs_in_batches(monkeypatch: pytest.MonkeyPat
     finally:
         queue.delete(delete_jobs=True)
         redis.delete(RQJob.key_for(half))
+
+
+@needs_redis
+def test_the_reconciler_runs_once_per_interval_among_processes_sharing_redis() -> None:
+    """Every server and worker reconciles each ``reconcile_interval``; on one Redis, the
+    first to ask in an interval does it and the others skip (a backlog is read once,
+    not once per process). A process configured with a shorter interval still gets
+    its turn at its own pace, and a Redis that cannot answer never stops a chore."""
+    import secrets
+    from types import SimpleNamespace
+
+    from zhongtai.jobs.queue import rq as rq_driver
+
+    url = redis_for_tests()
+    assert url is not None
+    redis = Redis.from_url(url)
+    prefix = f"zt-test-{secrets.token_hex(4)}"
+
+    def process(connection: Any = redis) -> Any:
+        return SimpleNamespace(redis=connection, prefix=prefix, _turn=None)
+
+    def turn(driver: Any, every: float) -> bool:
+        return rq_driver.RQQueue.take_turn(driver, "reconcile", every)
+
+    server, worker_a, worker_b = process(), process(), process()
+    try:
+        assert turn(server, 0.5)
+        assert not turn(worker_a, 0.5)
+        assert not turn(worker_b, 0.5)
+        time.sleep(0.5)
+        assert turn(worker_b, 0.5)  # the interval passed: whoever asks first
+        assert not turn(server, 0.5)
+        assert not turn(worker_a, 30.0)  # a slower process finds it done recently
+        time.sleep(0.5)
+        assert not turn(worker_a, 30.0)
+        assert turn(server, 0.5)  # ... and does not hold back a faster one
+        unreachable = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+        assert turn(process(unreachable), 0.5)
+    finally:
+        redis.delete(f"{prefix}:turn:reconcile")

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -118,7 +118,9 @@ def _count_statement(statuses: tuple[str, ...]) -> Any:
         select(jobs.id)
         .where(
             jobs.project_id == bindparam("project"),
-            jobs.status.in_(statuses),
+            # The statuses as the statement's own parameters, not one list parameter:
+            # an "expanding" list is rendered into the SQL again at every execution.
+            jobs.status.in_([literal(status) for status in statuses]),
             jobs.id != bindparam("job"),
         )
         .limit(bindparam("limit"))

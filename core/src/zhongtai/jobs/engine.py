@@ -707,8 +707,11 @@ class JobEngine:
                     next_beat = now + self.settings.heartbeat_interval
                     self.heartbeat()
                 if now >= next_reconcile:
-                    next_reconcile = now + self.settings.reconcile_interval
-                    self.reconcile()
+                    every = self.settings.reconcile_interval
+                    next_reconcile = now + every
+                    # Once per interval among all the processes sharing the queue.
+                    if self.driver.take_turn("reconcile", every):
+                        self.reconcile()
             except Exception:
                 log.exception("jobs maintenance failed; trying again")
                 next_poll = time.monotonic() + self.settings.poll_interval

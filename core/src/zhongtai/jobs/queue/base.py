@@ -44,6 +44,17 @@ class QueueDriver(abc.ABC):
         """Which of these queued jobs the queue does not hold (to dispatch again)."""
         return set()
 
+    def take_turn(self, chore: str, every: float) -> bool:
+        """Whether this process should do ``chore`` now, a task every process runs each
+        ``every`` seconds though one run among them all is enough (the reconciler).
+
+        A driver whose processes share a service answers yes to the first to ask in
+        each ``every`` seconds, so the chore is done once per interval however many
+        servers and workers there are. The default, for a driver with nothing to
+        share, is always yes.
+        """
+        return True
+
     def cancel_running(self, job_id: str) -> None:  # noqa: B027 - optional
         """Ask whichever worker runs ``job_id`` to stop it (the database flag is set)."""
 

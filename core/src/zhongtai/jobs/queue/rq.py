@@ -47,6 +47,18 @@ EXECUTE = "zhongtai.jobs.queue.rq.execute"
 RQ_TIMEOUT_MARGIN = 60  # seconds RQ waits beyond the job's own timeout
 RESULT_TTL = 3600  # the database keeps results; RQ's copy is only for its tooling
 CHECK_FRESH = 1.0  # seconds a successful contact with Redis vouches for it
+#: The last time a chore was done, on Redis's clock (so machines' clocks may differ):
+#: a caller takes its turn unless it was done less than ``every`` seconds ago.
+_TAKE_TURN = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local last = redis.call('GET', KEYS[1])
+if last and now_ms - tonumber(last) < tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], now_ms, 'PX', ARGV[2])
+return 1
+"""
 
 _engine: JobEngine | None = None  # the worker process's engine (set by `zhongtai worker`)
 
@@ -82,6 +94,7 @@ class RQQueue(QueueDriver):
         self._queues: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._last_ok = 0.0  # monotonic time Redis last answered
+        self._turn: Any = None  # the take_turn script, registered at first use
         from zhongtai.jobs.hub import Relay
 
         # Live log lines cross processes through Redis pub/sub (the database has them all).
@@ -152,6 +165,22 @@ class RQQueue(QueueDriver):
             log.warning("reconcile: Redis at %s unreachable: %s", self._where(), exc)
             return set()  # nothing can be dispatched now anyway
         return gone
+
+    def take_turn(self, chore: str, every: float) -> bool:
+        """Yes unless a process on this Redis did ``chore`` less than ``every`` seconds
+        ago (nine tenths of it, so that the process whose turn it was, waking up a
+        little early, takes the next one). Processes configured with different
+        intervals each compare with their own, so the shortest one sets the pace."""
+        from redis.exceptions import RedisError
+
+        if self._turn is None:
+            self._turn = self.redis.register_script(_TAKE_TURN)
+        try:
+            since_ms = int(every * 900)
+            keep_ms = max(since_ms * 10, 3_600_000)  # longer than any process's interval
+            return bool(self._turn(keys=[f"{self.prefix}:turn:{chore}"], args=[since_ms, keep_ms]))
+        except RedisError:
+            return True  # the chore itself copes with Redis being away
 
     def cancel_running(self, job_id: str) -> None:
         from rq.command import send_stop_job_command
