@@ -66,3 +66,34 @@ def test_a_transaction_still_commits_all_or_nothing_after_autocommit_use(db) -> 
         raise RuntimeError("boom")
     assert bodies(database) == ["one"]
     assert delivered == []
+
+
+def test_a_savepoint_is_undone_with_the_transaction_around_it(db) -> None:
+    """``begin_nested`` (a unique clash caught without losing the transaction) commits
+    nothing by itself, even when nothing was written before it: on SQLite a
+    ``SAVEPOINT`` outside a transaction starts one, and releasing it would commit."""
+    database, _delivered = db
+    with pytest.raises(RuntimeError), database.transaction() as session:
+        assert session.scalar(text("SELECT count(*) FROM notes")) == 0  # a read only
+        with session.begin_nested():
+            session.execute(text("INSERT INTO notes VALUES (1, 'nested')"))
+        assert bodies(database) == []  # released, yet not committed
+        session.execute(text("INSERT INTO notes VALUES (2, 'after')"))
+        raise RuntimeError("boom")
+    assert bodies(database) == []
+    with database.transaction() as session:  # and the connection is fine afterwards
+        with session.begin_nested():
+            session.execute(text("INSERT INTO notes VALUES (3, 'kept')"))
+        session.execute(text("INSERT INTO notes VALUES (4, 'also')"))
+    assert bodies(database) == ["kept", "also"]
+
+
+def test_a_savepoint_rolled_back_keeps_the_transaction_usable(db) -> None:
+    database, _delivered = db
+    with database.transaction() as session:
+        session.execute(text("INSERT INTO notes VALUES (1, 'one')"))
+        with pytest.raises(RuntimeError), session.begin_nested():
+            session.execute(text("INSERT INTO notes VALUES (2, 'taken back')"))
+            raise RuntimeError("refused")
+        session.execute(text("INSERT INTO notes VALUES (3, 'three')"))
+    assert bodies(database) == ["one", "three"]

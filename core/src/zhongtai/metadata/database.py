@@ -48,6 +48,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin_before_savepoint(connection: Any, _name: str) -> None:
+    """Open the transaction a ``SAVEPOINT`` is meant to be nested in.
+
+    The sqlite3 module sends ``BEGIN`` only before the first write, so a transaction
+    that has only read is not one yet for SQLite, and a ``SAVEPOINT`` there starts a
+    transaction of its own, which its ``RELEASE`` commits: ``begin_nested`` would
+    commit its rows at once, whatever the transaction around it does afterwards.
+    ``BEGIN`` first (deferred, as the module's own) makes the savepoint nested, and
+    the session's commit or rollback decides for it. Autocommit connections are left
+    alone."""
+    raw = connection.connection.dbapi_connection
+    if raw.isolation_level is not None and not raw.in_transaction:
+        raw.execute("BEGIN")
+
+
 class Database:
     """Engine and session factory. Domain events go to ``event_sink`` after commit."""
 
@@ -80,6 +95,7 @@ class Database:
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "savepoint", _sqlite_begin_before_savepoint)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         # The same pool, each statement committing by itself (see autocommit()).
         self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
