@@ -49,6 +49,14 @@ is held or refused.
    with one regular expression per read, timestamps parsed afterwards) and its CPU
    time is printed, since on a small machine it competes with the server.
 
+4. **Drain** (a diagnostic, only with ``--scenarios …,drain``; rq driver only). The
+   workers alone: N jobs are queued while the workers are stopped (SIGSTOP), then
+   they are let go (SIGCONT) and the time runs from then to the last job's end, the
+   same for plain RQ. On a small machine the throughput figure above includes the
+   server's and PostgreSQL's share of the cores; this one shows what the workers'
+   own path costs against RQ's, which is what bounds throughput where the server
+   and the database have cores of their own.
+
 Order: plain RQ, then each driver (latency on the idle system first, then
 throughput, then followers), one set of processes at a time. CPU seconds per
 process come from /proc (``postgres + redis``: this run's PostgreSQL backends and
@@ -61,7 +69,7 @@ jobs, 10 followers, 1000 lines, 20 latency samples) about 2. ``--scenarios`` and
 
 Run: ``.venv/bin/python bench/jobs.py [--quick] [--jobs 10000] [--database
 sqlite|postgres] [--followers 100 --lines 10000] [--no-rq-followers]
-[--scenarios throughput,latency,followers] [--drivers rq,embedded]``.
+[--scenarios throughput,latency,followers,drain] [--drivers rq,embedded]``.
 """
 
 from __future__ import annotations
@@ -130,6 +138,20 @@ def running(*procs: Server) -> Iterator[None]:
             stack.callback(proc.stop)
             proc.start()
         yield
+
+
+@contextlib.contextmanager
+def paused(procs: list[Server]) -> Iterator[None]:
+    """Stop ``procs`` (SIGSTOP) for the block and let them go on (SIGCONT) after it,
+    whatever happened: workers that take nothing while a backlog is queued."""
+    pids = [proc.proc.pid for proc in procs if proc.proc is not None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -238,7 +260,7 @@ class Site:
     projects: dict[str, str]  # scenario -> project id
 
 
-SCENARIOS = ("latency", "throughput", "logs")
+SCENARIOS = ("latency", "throughput", "logs", "drain")
 
 
 def seed(home: Path, url: str, database: str | None, secret: str) -> Site:
@@ -486,15 +508,61 @@ def platform_throughput(
     }
 
 
-def plain_rq_throughput(redis_url: str, prefix: str, jobs: int, work: Path) -> dict[str, Any]:
-    """The baseline: plain RQ workers running ``_noop.noop``."""
+def platform_drain(
+    port: int,
+    site: Site,
+    table: JobsTable,
+    meter: CpuMeter,
+    jobs: int,
+    concurrency: int,
+    workers: list[Server],
+) -> dict[str, Any]:
+    """The workers' side alone: N jobs submitted while the workers are stopped, then
+    the time from letting them go to the last ``finished_at`` (the server only
+    answers the reconciler meanwhile)."""
+    project = site.projects["drain"]
+    with paused(workers):
+        t0 = time.time()
+        answers = asyncio.run(submit_many(port, site.key, noop_job(project), jobs, concurrency))
+        submitted = time.time() - t0
+        meter.start()
+        t0 = time.time()
+    deadline = time.monotonic() + max(300.0, jobs * 0.2)
+    while table.done(project) < jobs and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cpu = meter.stop()
+    rows = table.rows(project=project)
+    ran = [r for r in rows if r.finished_at is not None and r.started_at is not None]
+    succeeded = sum(1 for r in rows if r.status == "succeeded")
+    end = max((r.finished_at.timestamp() for r in ran), default=time.time())
+    return {
+        "jobs": jobs,
+        "seconds": end - t0,
+        "jobs_per_s": succeeded / (end - t0),
+        "complete": succeeded == jobs,
+        "http_statuses": answers,
+        "submit_seconds": submitted,
+        "submit_per_s": jobs / submitted,
+        "worker": worker_cycles(
+            [(r.worker, r.started_at.timestamp(), r.finished_at.timestamp()) for r in ran]
+        ),
+        "cpu_s_per_1000_jobs": per_1000(cpu, jobs),
+    }
+
+
+def plain_rq_throughput(
+    redis_url: str, prefix: str, jobs: int, work: Path, *, drain: bool = False
+) -> dict[str, Any]:
+    """The baseline: plain RQ workers running ``_noop.noop``. With ``drain``, the
+    workers are stopped while the jobs are enqueued, and the time (and CPU) starts
+    when they are let go."""
     from redis import Redis
     from rq import Queue
     from rq.job import Job as RQJob
     from rq.serializers import JSONSerializer
 
     redis = Redis.from_url(redis_url)
-    name = f"{prefix}-plain"
+    name = f"{prefix}-plain{'-drain' if drain else ''}"
     queue = Queue(name, connection=redis, serializer=JSONSerializer)
     argv = [
         str(VENV_BIN / "rq"),
@@ -521,20 +589,25 @@ def plain_rq_throughput(redis_url: str, prefix: str, jobs: int, work: Path) -> d
     with running(*workers):
         wait_for_rq_workers(redis, name, workers)
         meter = CpuMeter({"workers": [w.proc.pid for w in workers if w.proc]}, None)
-        meter.start()
         ids = [f"{name}-{i}" for i in range(jobs)]
-        t0 = time.time()
-        for job_id in ids:
-            queue.enqueue_call(
-                "_noop.noop",
-                args=(job_id,),
-                job_id=job_id,
-                timeout=RQ_TIMEOUT,
-                result_ttl=RQ_RESULT_TTL,
-                failure_ttl=RQ_RESULT_TTL,
-                description=f"plain job {job_id}",
-            )
-        submitted = time.time() - t0
+        with paused(workers) if drain else contextlib.nullcontext():
+            if not drain:
+                meter.start()
+            t0 = time.time()
+            for job_id in ids:
+                queue.enqueue_call(
+                    "_noop.noop",
+                    args=(job_id,),
+                    job_id=job_id,
+                    timeout=RQ_TIMEOUT,
+                    result_ttl=RQ_RESULT_TTL,
+                    failure_ttl=RQ_RESULT_TTL,
+                    description=f"plain job {job_id}",
+                )
+            submitted = time.time() - t0
+            if drain:
+                meter.start()
+                t0 = time.time()  # as the workers are let go
         deadline = time.monotonic() + max(300.0, jobs * 0.2)
         finished_registry, failed_registry = queue.finished_job_registry, queue.failed_job_registry
         while time.monotonic() < deadline:
@@ -902,6 +975,11 @@ def run_platform(
                 out["throughput"] = platform_throughput(
                     server.port, site, table, meter, args.jobs, args.concurrency
                 )
+            if "drain" in scenarios and workers:
+                print(f"  [{driver}] drain, {args.jobs} jobs …", flush=True)
+                out["drain"] = platform_drain(
+                    server.port, site, table, meter, args.jobs, args.concurrency, workers
+                )
             if "followers" in scenarios:
                 print(
                     f"  [{driver}] {args.followers} log followers, {args.lines} lines …",
@@ -1002,7 +1080,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-SCENARIO_NAMES = ("throughput", "latency", "followers")
+SCENARIO_NAMES = ("throughput", "latency", "followers", "drain")
+DEFAULT_SCENARIOS = ("throughput", "latency", "followers")  # drain: a diagnostic, asked for
 DRIVERS = ("rq", "embedded")
 
 
@@ -1026,8 +1105,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         type=lambda v: names(v, SCENARIO_NAMES),
-        default=list(SCENARIO_NAMES),
-        help="comma-separated: throughput,latency,followers (default: all)",
+        default=list(DEFAULT_SCENARIOS),
+        help="comma-separated: throughput,latency,followers,drain (default: all but drain)",
     )
     parser.add_argument(
         "--drivers",
@@ -1080,6 +1159,11 @@ def main() -> None:
             if "throughput" in scenarios:
                 print(f"plain RQ (baseline), {args.jobs} jobs …", flush=True)
                 summary["plain_rq"] = plain_rq_throughput(args.redis_url, prefix, args.jobs, work)
+            if "drain" in scenarios:
+                print(f"plain RQ drain (baseline), {args.jobs} jobs …", flush=True)
+                summary["plain_rq_drain"] = plain_rq_throughput(
+                    args.redis_url, prefix, args.jobs, work, drain=True
+                )
             for driver in args.drivers:
                 print(f"zhongtai, {driver} driver …", flush=True)
                 mine = set(scenarios)
@@ -1100,6 +1184,9 @@ def main() -> None:
         base = summary["plain_rq"]["jobs_per_s"]
         for driver in args.drivers:
             summary[f"ratio_{driver}"] = summary[driver]["throughput"]["jobs_per_s"] / base
+    if "plain_rq_drain" in summary and "drain" in summary.get("rq", {}):
+        base = summary["plain_rq_drain"]["jobs_per_s"]
+        summary["drain_ratio_rq"] = summary["rq"]["drain"]["jobs_per_s"] / base
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "jobs.json").write_text(json.dumps(summary, indent=2, default=str))
     report(summary, args.drivers)
@@ -1117,6 +1204,11 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
     for driver in drivers:
         if "throughput" in summary[driver]:
             describe_throughput(driver, summary[driver]["throughput"])
+    if "plain_rq_drain" in summary:
+        describe_throughput("plain RQ, drain", summary["plain_rq_drain"])
+    for driver in drivers:
+        if "drain" in summary[driver]:
+            describe_throughput(f"{driver}, drain", summary[driver]["drain"])
     for driver in drivers:
         lat = summary[driver].get("latency")
         if lat is None:
@@ -1151,6 +1243,11 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
         print(
             f"throughput, rq driver ÷ plain RQ: {value:.2f} (target ≥ {TARGET_THROUGHPUT}) "
             f"{verdict(value >= TARGET_THROUGHPUT)}"
+        )
+    if "drain_ratio_rq" in summary:
+        print(
+            f"drain (workers let go on a queued backlog), rq driver ÷ plain RQ: "
+            f"{summary['drain_ratio_rq']:.2f} (a diagnostic: no target)"
         )
     if "ratio_embedded" in summary:
         rate = summary["embedded"]["throughput"]["jobs_per_s"]

@@ -190,7 +190,9 @@ class JobsSettings(BaseModel):
         description="Seconds without a heartbeat after which a running job is abandoned.",
     )
     reconcile_interval: float = Field(
-        default=15.0, gt=0, description="Seconds between reconciler runs."
+        default=15.0,
+        gt=0,
+        description="Seconds between reconciler runs (processes sharing a Redis take turns).",
     )
     poll_interval: float = Field(
         default=1.0,
