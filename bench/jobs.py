@@ -471,12 +471,22 @@ def platform_throughput(
     meter: CpuMeter,
     jobs: int,
     concurrency: int,
+    *,
+    drain: list[Server] | None = None,
 ) -> dict[str, Any]:
-    project = site.projects["throughput"]
-    meter.start()
-    t0 = time.time()
-    answers = asyncio.run(submit_many(port, site.key, noop_job(project), jobs, concurrency))
-    submitted = time.time() - t0
+    """N no-op jobs through the API until all succeeded. With ``drain`` (the worker
+    processes), the workers are stopped while the jobs are submitted, and the time
+    (and CPU) starts when they are let go: the workers' side alone."""
+    project = site.projects["drain" if drain else "throughput"]
+    with paused(drain) if drain else contextlib.nullcontext():
+        if not drain:
+            meter.start()
+        t0 = time.time()
+        answers = asyncio.run(submit_many(port, site.key, noop_job(project), jobs, concurrency))
+        submitted = time.time() - t0
+        if drain:
+            meter.start()
+            t0 = time.time()  # as the workers are let go
     deadline = time.monotonic() + max(300.0, jobs * 0.2)
     while table.done(project) < jobs and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -501,48 +511,6 @@ def platform_throughput(
         "submit_per_s": jobs / submitted,
         "queue_wait_ms_p50": percentile(waits, 50) * 1e3,
         "queue_wait_ms_max": (waits[-1] if waits else float("nan")) * 1e3,
-        "worker": worker_cycles(
-            [(r.worker, r.started_at.timestamp(), r.finished_at.timestamp()) for r in ran]
-        ),
-        "cpu_s_per_1000_jobs": per_1000(cpu, jobs),
-    }
-
-
-def platform_drain(
-    port: int,
-    site: Site,
-    table: JobsTable,
-    meter: CpuMeter,
-    jobs: int,
-    concurrency: int,
-    workers: list[Server],
-) -> dict[str, Any]:
-    """The workers' side alone: N jobs submitted while the workers are stopped, then
-    the time from letting them go to the last ``finished_at`` (the server only
-    answers the reconciler meanwhile)."""
-    project = site.projects["drain"]
-    with paused(workers):
-        t0 = time.time()
-        answers = asyncio.run(submit_many(port, site.key, noop_job(project), jobs, concurrency))
-        submitted = time.time() - t0
-        meter.start()
-        t0 = time.time()
-    deadline = time.monotonic() + max(300.0, jobs * 0.2)
-    while table.done(project) < jobs and time.monotonic() < deadline:
-        time.sleep(0.1)
-    cpu = meter.stop()
-    rows = table.rows(project=project)
-    ran = [r for r in rows if r.finished_at is not None and r.started_at is not None]
-    succeeded = sum(1 for r in rows if r.status == "succeeded")
-    end = max((r.finished_at.timestamp() for r in ran), default=time.time())
-    return {
-        "jobs": jobs,
-        "seconds": end - t0,
-        "jobs_per_s": succeeded / (end - t0),
-        "complete": succeeded == jobs,
-        "http_statuses": answers,
-        "submit_seconds": submitted,
-        "submit_per_s": jobs / submitted,
         "worker": worker_cycles(
             [(r.worker, r.started_at.timestamp(), r.finished_at.timestamp()) for r in ran]
         ),
@@ -977,8 +945,8 @@ def run_platform(
                 )
             if "drain" in scenarios and workers:
                 print(f"  [{driver}] drain, {args.jobs} jobs …", flush=True)
-                out["drain"] = platform_drain(
-                    server.port, site, table, meter, args.jobs, args.concurrency, workers
+                out["drain"] = platform_throughput(
+                    server.port, site, table, meter, args.jobs, args.concurrency, drain=workers
                 )
             if "followers" in scenarios:
                 print(
