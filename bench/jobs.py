@@ -84,6 +84,7 @@ import re
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -177,7 +178,14 @@ def backends_of(database: str | None) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds used by named groups of processes between ``start`` and ``stop``."""
+    """CPU seconds used by named groups of processes between ``start`` and ``stop``.
+
+    The services (PostgreSQL backends, redis-server) come and go during a run: a
+    backend opened for a pool's overflow connection may exit before the end. They are
+    read every :attr:`SAMPLE` seconds, and each one counts up to its last reading, so
+    one that exited loses at most that long of its CPU."""
+
+    SAMPLE = 0.5  # seconds between readings of the services
 
     def __init__(self, groups: dict[str, list[int]], database: str | None) -> None:
         self.groups = dict(groups)
@@ -185,20 +193,38 @@ class CpuMeter:
         self.database = database
         self.before: dict[str, float] = {}
         self.services_before: dict[int, float] = {}
+        self.services_last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
 
     def start(self) -> None:
         self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
         self.services_before = {p: process_cpu_seconds(p) for p in backends_of(self.database)}
+        self.services_last = dict(self.services_before)
+        self._stop.clear()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
 
-    def stop(self) -> dict[str, float]:
-        used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
-        # Backends that connected after start count from zero; ones that left are lost.
-        services = 0.0
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE):
+            self._read_services()
+
+    def _read_services(self) -> None:
         for pid in backends_of(self.database):
             now = process_cpu_seconds(pid)
             if now == now:  # NaN: it exited meanwhile
-                services += now - self.services_before.get(pid, 0.0)
-        used["postgres + redis"] = services
+                self.services_last[pid] = now
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join()
+        used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
+        self._read_services()
+        # Backends that connected after start count from zero.
+        used["postgres + redis"] = sum(
+            last - self.services_before.get(pid, 0.0) for pid, last in self.services_last.items()
+        )
         return used
 
 
