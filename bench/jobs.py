@@ -155,6 +155,25 @@ def paused(procs: list[Server]) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+@contextlib.contextmanager
+def timed_from(
+    meter: CpuMeter, clock: dict[str, float], drain: list[Server] | None
+) -> Iterator[None]:
+    """Around the submissions of a throughput run: the clock (``clock["t0"]``) and the
+    meter start before them, or, with ``drain`` (the workers, stopped meanwhile), as
+    the workers are let go after them. ``clock["submitted"]``: how long they took.
+    Both sides of the comparison take their time this one way."""
+    with paused(drain) if drain else contextlib.nullcontext():
+        if not drain:
+            meter.start()
+        clock["t0"] = time.time()
+        yield
+        clock["submitted"] = time.time() - clock["t0"]
+        if drain:
+            meter.start()
+            clock["t0"] = time.time()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """CPU seconds of ``pids``; a process that is gone counts nothing."""
     return sum(v for v in map(process_cpu_seconds, pids) if v == v)
@@ -504,15 +523,10 @@ def platform_throughput(
     processes), the workers are stopped while the jobs are submitted, and the time
     (and CPU) starts when they are let go: the workers' side alone."""
     project = site.projects["drain" if drain else "throughput"]
-    with paused(drain) if drain else contextlib.nullcontext():
-        if not drain:
-            meter.start()
-        t0 = time.time()
+    clock: dict[str, float] = {}
+    with timed_from(meter, clock, drain):
         answers = asyncio.run(submit_many(port, site.key, noop_job(project), jobs, concurrency))
-        submitted = time.time() - t0
-        if drain:
-            meter.start()
-            t0 = time.time()  # as the workers are let go
+    t0, submitted = clock["t0"], clock["submitted"]
     deadline = time.monotonic() + max(300.0, jobs * 0.2)
     while table.done(project) < jobs and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -584,10 +598,8 @@ def plain_rq_throughput(
         wait_for_rq_workers(redis, name, workers)
         meter = CpuMeter({"workers": [w.proc.pid for w in workers if w.proc]}, None)
         ids = [f"{name}-{i}" for i in range(jobs)]
-        with paused(workers) if drain else contextlib.nullcontext():
-            if not drain:
-                meter.start()
-            t0 = time.time()
+        clock: dict[str, float] = {}
+        with timed_from(meter, clock, workers if drain else None):
             for job_id in ids:
                 queue.enqueue_call(
                     "_noop.noop",
@@ -598,10 +610,7 @@ def plain_rq_throughput(
                     failure_ttl=RQ_RESULT_TTL,
                     description=f"plain job {job_id}",
                 )
-            submitted = time.time() - t0
-            if drain:
-                meter.start()
-                t0 = time.time()  # as the workers are let go
+        t0, submitted = clock["t0"], clock["submitted"]
         deadline = time.monotonic() + max(300.0, jobs * 0.2)
         finished_registry, failed_registry = queue.finished_job_registry, queue.failed_job_registry
         while time.monotonic() < deadline:
@@ -1153,7 +1162,7 @@ def main() -> None:
             if "throughput" in scenarios:
                 print(f"plain RQ (baseline), {args.jobs} jobs …", flush=True)
                 summary["plain_rq"] = plain_rq_throughput(args.redis_url, prefix, args.jobs, work)
-            if "drain" in scenarios:
+            if "drain" in scenarios and "rq" in args.drivers:
                 print(f"plain RQ drain (baseline), {args.jobs} jobs …", flush=True)
                 summary["plain_rq_drain"] = plain_rq_throughput(
                     args.redis_url, prefix, args.jobs, work, drain=True
