@@ -230,7 +230,9 @@ def test_this_machine_has_no_gpu_and_says_so(zt_client, zt_platform):
         node = next(
             (n for n in answer.json()["nodes"] if n["node"] == gpus.socket.gethostname()), None
         )
-        if node is not None:
+        # The node's row is made when the sampler takes its lease, a moment before its
+        # first reading is stored with the reason.
+        if node is not None and node["reason"] is not None:
             break
         time.sleep(0.05)
     body = answer.json()
