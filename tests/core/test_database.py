@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -97,3 +98,91 @@ def test_a_savepoint_rolled_back_keeps_the_transaction_usable(db) -> None:
             raise RuntimeError("refused")
         session.execute(text("INSERT INTO notes VALUES (3, 'three')"))
     assert bodies(database) == ["one", "three"]
+
+
+def dbapi_of(session: Any) -> Any:
+    """The driver's connection under ``session``."""
+    return session.connection().connection.dbapi_connection
+
+
+def test_a_keeping_thread_reuses_one_connection_per_kind_and_gives_them_back(db) -> None:
+    """A worker's claim and outcome run on connections its thread keeps between jobs:
+    no pool checkout each time; the pool has them back when the thread stops keeping."""
+    database, delivered = db
+    pool = database.engine.pool
+    with database.keeping():
+        seen = set()
+        for n in range(3):
+            with database.transaction(kept=True) as session:
+                session.execute(text(f"INSERT INTO notes VALUES ({2 * n}, 'tx{n}')"))
+                emit(session, Noted(note=f"tx{n}"))
+                seen.add(id(dbapi_of(session)))
+                assert len(delivered) == n  # not before the commit
+                assert bodies(database) == [v for i in range(n) for v in (f"tx{i}", f"ac{i}")]
+            assert [event.note for event in delivered][-1] == f"tx{n}"  # after it
+            with database.autocommit(kept=True) as session:
+                session.execute(text(f"INSERT INTO notes VALUES ({2 * n + 1}, 'ac{n}')"))
+                assert bodies(database)[-1] == f"ac{n}"  # committed as it ran
+                seen.add(id(dbapi_of(session)))
+        assert len(seen) == 2  # one of each kind, the same every time
+        assert pool.checkedout() == 2  # kept between blocks
+    assert pool.checkedout() == 0
+    with database.transaction(kept=True) as session:  # outside keeping: the pool's
+        session.execute(text("INSERT INTO notes VALUES (99, 'pooled')"))
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0 and bodies(database)[-1] == "pooled"
+
+
+def test_a_kept_block_that_raises_is_undone_and_its_connection_replaced(db) -> None:
+    database, delivered = db
+    with database.keeping():
+        with pytest.raises(RuntimeError), database.transaction(kept=True) as session:
+            session.execute(text("INSERT INTO notes VALUES (1, 'undone')"))
+            emit(session, Noted(note="undone"))
+            first = session.connection()
+            raise RuntimeError("boom")
+        assert bodies(database) == [] and delivered == []
+        assert first.closed  # its state was unknown: given back to the pool, not kept
+        with database.transaction(kept=True) as session:
+            session.execute(text("INSERT INTO notes VALUES (2, 'after')"))
+            emit(session, Noted(note="after"))
+            assert session.connection() is not first
+        assert database.engine.pool.checkedout() == 1
+    assert bodies(database) == ["after"]
+    assert [event.note for event in delivered] == ["after"]
+
+
+def test_a_kept_block_inside_another_takes_a_connection_of_its_own(db) -> None:
+    """The kept connection is busy while its block runs: a block opened inside it is a
+    transaction of its own, committed on its own."""
+    database, _delivered = db
+    with database.keeping(), database.transaction(kept=True) as outer:
+        assert outer.scalar(text("SELECT count(*) FROM notes")) == 0
+        with database.transaction(kept=True) as inner:
+            assert dbapi_of(inner) is not dbapi_of(outer)
+            inner.execute(text("INSERT INTO notes VALUES (1, 'inner')"))
+        assert bodies(database) == ["inner"]
+        outer.execute(text("INSERT INTO notes VALUES (2, 'outer')"))
+        assert bodies(database) == ["inner"]  # the outer one is not committed yet
+    assert bodies(database) == ["inner", "outer"]
+
+
+def test_a_keeping_thread_recovers_when_the_server_drops_its_connection(db) -> None:
+    """PostgreSQL restarted or an idle connection killed: the next job's block fails
+    once, as it would on a pooled connection, and the one after runs on a fresh one."""
+    database, _delivered = db
+    if database.is_embedded:
+        pytest.skip("a server-side disconnect needs PostgreSQL")
+    from sqlalchemy.exc import DBAPIError
+
+    with database.keeping():
+        with database.transaction(kept=True) as session:
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+        with database.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError), database.transaction(kept=True) as session:
+            session.execute(text("INSERT INTO notes VALUES (1, 'lost')"))
+        with database.transaction(kept=True) as session:
+            session.execute(text("INSERT INTO notes VALUES (2, 'next')"))
+            assert session.scalar(text("SELECT pg_backend_pid()")) != pid
+    assert bodies(database) == ["next"]

@@ -62,7 +62,9 @@ def worker(queues: tuple[str, ...], burst: bool, name: str | None) -> None:
         set_engine(engine)
         names = driver.queue_names(wanted)
         click.echo(f"zhongtai worker: taking jobs from {', '.join(names)}")
-        PlatformWorker(names, connection=driver.redis, name=name).work(burst=burst)
+        # Jobs run in this thread: it keeps its database connections between them.
+        with platform.db.keeping():
+            PlatformWorker(names, connection=driver.redis, name=name).work(burst=burst)
     finally:
         set_engine(None)
         asyncio.run(manager.acall_each("shutdown", unload=False, platform=platform))

@@ -392,11 +392,13 @@ class JobEngine:
 
         now = utcnow()
         embedded = self.platform.db.is_embedded
-        with self._transition(), self.platform.db.transaction() as session:
+        with self._transition(), self.platform.db.transaction(kept=True) as session:
             # Claimed in one statement (the row lock decides between two workers), which
             # on PostgreSQL also takes the project's lock; if admission says no, the same
-            # transaction puts the job back, unseen.
-            row = session.execute(
+            # transaction puts the job back, unseen. Run on the session's connection: the
+            # session's own execute() adds the ORM's bookkeeping to a Core statement.
+            connection = session.connection()
+            row = connection.execute(
                 _CLAIM if embedded else _CLAIM_LOCKING,
                 {"claim_id": job_id, "claim_worker": worker, "claim_now": now},
             ).one_or_none()
@@ -569,7 +571,7 @@ class JobEngine:
         # this runs for every job); a retry also writes the line that explains it, so it
         # takes a transaction.
         db = self.platform.db
-        scope = db.autocommit() if retry_in is None else db.transaction()
+        scope = db.autocommit(kept=True) if retry_in is None else db.transaction()
         with self._transition(), scope as session:
             if retry_in is not None:
                 settled = session.execute(
@@ -587,7 +589,8 @@ class JobEngine:
                 ).first()
             else:
                 succeeded = status == JobStatus.succeeded
-                settled = session.execute(
+                connection = session.connection()  # as in _claim
+                settled = connection.execute(
                     _SUCCEEDED if succeeded else _ENDED,
                     {
                         **_attempt(job, worker),

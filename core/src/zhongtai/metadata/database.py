@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +64,15 @@ def _sqlite_begin_before_savepoint(connection: Any, _name: str) -> None:
         raw.execute("BEGIN")
 
 
+class _Kept(threading.local):
+    """One thread's kept connections (see :meth:`Database.keeping`), by autocommit."""
+
+    def __init__(self) -> None:
+        self.depth = 0  # keeping() blocks open in this thread
+        self.connections: dict[bool, Connection] = {}
+        self.busy: set[bool] = set()
+
+
 class Database:
     """Engine and session factory. Domain events go to ``event_sink`` after commit."""
 
@@ -102,6 +112,7 @@ class Database:
         self.event_sink = event_sink
         event.listen(self.sessionmaker, "after_commit", self._after_commit)
         event.listen(self.sessionmaker, "after_soft_rollback", self._after_rollback)
+        self._kept = _Kept()
 
     @property
     def display_url(self) -> str:
@@ -112,7 +123,9 @@ class Database:
         return self.dialect == "sqlite"
 
     def _after_commit(self, session: Session) -> None:
-        pending = take_pending(session)
+        self._deliver(take_pending(session))
+
+    def _deliver(self, pending: list[Event]) -> None:
         if self.event_sink is None:
             return
         for item in pending:
@@ -122,19 +135,94 @@ class Database:
         take_pending(session)  # a rolled-back transaction delivers nothing
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session that commits when the block ends and rolls back if it raises."""
-        with self.sessionmaker() as session, session.begin():
-            yield session
+    def transaction(self, *, kept: bool = False) -> Iterator[Session]:
+        """A session that commits when the block ends and rolls back if it raises.
+
+        ``kept``: on this thread's kept connection when it is inside :meth:`keeping`
+        (and that connection is not in use by an enclosing block); the session is then
+        joined to the connection's transaction, so commit it only by leaving the block.
+        """
+        conn = self._take_kept(autocommit=False) if kept else None
+        if conn is None:
+            with self.sessionmaker() as session, session.begin():
+                yield session
+        else:
+            with self._on_kept(conn, autocommit=False) as session:
+                yield session
 
     @contextlib.contextmanager
-    def autocommit(self) -> Iterator[Session]:
+    def autocommit(self, *, kept: bool = False) -> Iterator[Session]:
         """A session whose statements each commit by themselves, for work that is one
         statement: no ``BEGIN`` and ``COMMIT`` round trips around it (two of three on
         PostgreSQL). Events emitted in it are delivered when the block ends without an
-        error; a statement that ran before an error stays committed."""
-        with self.sessionmaker(bind=self._autocommit_engine) as session, session.begin():
-            yield session
+        error; a statement that ran before an error stays committed. ``kept``: as for
+        :meth:`transaction`."""
+        conn = self._take_kept(autocommit=True) if kept else None
+        if conn is None:
+            with self.sessionmaker(bind=self._autocommit_engine) as session, session.begin():
+                yield session
+        else:
+            with self._on_kept(conn, autocommit=True) as session:
+                yield session
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        """Within this block, this thread keeps the connections its ``kept=True``
+        sessions use between one block and the next, instead of taking one from the
+        pool each time: a checkout and its return cost about as much CPU as a
+        statement, and a job worker runs a few short statements per job. At most two
+        (one of each kind), closed when the outermost ``keeping`` block ends; a kept
+        connection whose block raised is closed at once (its state is unknown) and the
+        next block takes a fresh one. For a thread that lives as long as the block and
+        does little else, such as ``zhongtai worker``'s, one per process: every thread
+        that keeps holds two of the pool's connections while it does."""
+        kept = self._kept
+        kept.depth += 1
+        try:
+            yield
+        finally:
+            kept.depth -= 1
+            if kept.depth == 0:
+                for autocommit in list(kept.connections):
+                    self._drop_kept(autocommit)
+
+    def _take_kept(self, *, autocommit: bool) -> Connection | None:
+        """This thread's kept connection of that kind, marked busy; None outside
+        :meth:`keeping` or while an enclosing block uses it."""
+        kept = self._kept
+        if kept.depth == 0 or autocommit in kept.busy:
+            return None
+        conn = kept.connections.get(autocommit)
+        if conn is None or conn.closed or conn.invalidated:
+            engine = self._autocommit_engine if autocommit else self.engine
+            conn = kept.connections[autocommit] = engine.connect()
+        kept.busy.add(autocommit)
+        return conn
+
+    def _drop_kept(self, autocommit: bool) -> None:
+        conn = self._kept.connections.pop(autocommit, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a dropped server connection, say
+                conn.close()
+
+    @contextlib.contextmanager
+    def _on_kept(self, conn: Connection, *, autocommit: bool) -> Iterator[Session]:
+        """A session joined to a transaction on ``conn`` (a kept connection), committed
+        when the block ends; its events are delivered after that commit."""
+        session = Session(bind=conn, expire_on_commit=False)
+        committed = False
+        try:
+            with conn.begin():
+                yield session
+                session.flush()
+            committed = True
+        finally:
+            self._kept.busy.discard(autocommit)
+            pending = take_pending(session)
+            session.close()
+            if not committed:
+                self._drop_kept(autocommit)
+        self._deliver(pending)
 
     def session(self) -> Session:
         """A plain session; the caller commits."""
