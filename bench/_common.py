@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -258,3 +259,18 @@ def verdict(ok: bool) -> str:
 def machine() -> str:
     """A one-line description of where the figures were taken."""
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {sys.platform}"
+
+
+def enqueue_as_platform(queue: Any, function: str, job_id: str, timeout: int, ttl: int) -> None:
+    """Enqueue ``function(job_id)`` on an RQ ``queue`` with the arguments the platform's
+    rq driver passes (zhongtai.jobs.queue.rq.RQQueue.dispatch): what the baselines of
+    bench/jobs.py do per job, so that RQ's share of the work is the same."""
+    queue.enqueue_call(
+        function,
+        args=(job_id,),
+        job_id=job_id,
+        timeout=timeout,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        description=f"bench job {job_id}",
+    )

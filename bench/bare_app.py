@@ -11,6 +11,7 @@ Run: ``.venv/bin/python bench/bare_app.py --port 8001``
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, get
@@ -30,10 +31,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
+    serve(app, args.host, args.port)
+
+
+def serve(asgi_app: Any, host: str, port: int) -> None:
+    """Serve ``asgi_app`` with the options ``zhongtai serve`` uses."""
     uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
+        asgi_app,
+        host=host,
+        port=port,
         loop="uvloop",
         http="httptools",
         log_config=None,

@@ -57,7 +57,15 @@ is held or refused.
    own path costs against RQ's, which is what bounds throughput where the server
    and the database have cores of their own.
 
-Order: plain RQ, then each driver (latency on the idle system first, then
+5. **Floor** (a diagnostic, only with ``--scenarios …,floor``; PostgreSQL). The
+   platform's skeleton with everything else taken out (bench/_floor.py): a bare
+   Litestar route that inserts the job's row and enqueues it, plain RQ workers that
+   claim the row and record the outcome, three raw statements per job. Timed as the
+   throughput, against the same plain RQ run. What lies between its figure and the
+   rq driver's is the cost of the platform's own work per job (authentication,
+   validation, admission, events, logs, SQLAlchemy), not of the design's shape.
+
+Order: plain RQ, the floor, then each driver (latency on the idle system first, then
 throughput, then followers), one set of processes at a time. CPU seconds per
 process come from /proc (``postgres + redis``: this run's PostgreSQL backends and
 redis-server).
@@ -69,7 +77,7 @@ jobs, 10 followers, 1000 lines, 20 latency samples) about 2. ``--scenarios`` and
 
 Run: ``.venv/bin/python bench/jobs.py [--quick] [--jobs 10000] [--database
 sqlite|postgres] [--followers 100 --lines 10000] [--no-rq-followers]
-[--scenarios throughput,latency,followers,drain] [--drivers rq,embedded]``.
+[--scenarios throughput,latency,followers,drain,floor] [--drivers rq,embedded]``.
 """
 
 from __future__ import annotations
@@ -97,11 +105,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BENCH,
     HOST,
+    PYTHON,
     RESULTS,
     VENV_BIN,
     ZHONGTAI,
     Server,
     child_env,
+    enqueue_as_platform,
+    free_port,
     machine,
     median,
     percentile,
@@ -572,18 +583,7 @@ def plain_rq_throughput(
     redis = Redis.from_url(redis_url)
     name = f"{prefix}-plain{'-drain' if drain else ''}"
     queue = Queue(name, connection=redis, serializer=JSONSerializer)
-    argv = [
-        str(VENV_BIN / "rq"),
-        "worker",
-        "-w",
-        "rq.worker.SimpleWorker",
-        "--url",
-        redis_url,
-        "--serializer",
-        "rq.serializers.JSONSerializer",
-        "-P",
-        str(BENCH),
-    ]
+    argv = plain_rq_argv(redis_url)
     env = child_env(bytecode_cache=True)
     workers = [
         rq_worker(
@@ -601,15 +601,7 @@ def plain_rq_throughput(
         clock: dict[str, float] = {}
         with timed_from(meter, clock, workers if drain else None):
             for job_id in ids:
-                queue.enqueue_call(
-                    "_noop.noop",
-                    args=(job_id,),
-                    job_id=job_id,
-                    timeout=RQ_TIMEOUT,
-                    result_ttl=RQ_RESULT_TTL,
-                    failure_ttl=RQ_RESULT_TTL,
-                    description=f"plain job {job_id}",
-                )
+                enqueue_as_platform(queue, "_noop.noop", job_id, RQ_TIMEOUT, RQ_RESULT_TTL)
         t0, submitted = clock["t0"], clock["submitted"]
         deadline = time.monotonic() + max(300.0, jobs * 0.2)
         finished_registry, failed_registry = queue.finished_job_registry, queue.failed_job_registry
@@ -643,6 +635,102 @@ def plain_rq_throughput(
         ),
         "cpu_s_per_1000_jobs": per_1000(cpu, jobs),
     }
+
+
+def floor_throughput(
+    redis_url: str, prefix: str, dbs: Databases, work: Path, jobs: int, concurrency: int
+) -> dict[str, Any]:
+    """The floor (bench/_floor.py): the platform's skeleton alone (an HTTP submission,
+    three statements, RQ), timed as the platform's throughput is."""
+    import psycopg
+    from _floor import SCHEMA
+
+    url, database = dbs.new("floor")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    queue_name = f"{prefix}-floor"
+    env = child_env(
+        bytecode_cache=True,
+        extra={
+            "ZT_FLOOR_DATABASE_URL": url,
+            "ZT_FLOOR_REDIS_URL": redis_url,
+            "ZT_FLOOR_QUEUE": queue_name,
+            "ZT_FLOOR_RQ_TIMEOUT": str(RQ_TIMEOUT),
+            "ZT_FLOOR_TTL": str(RQ_RESULT_TTL),
+        },
+    )
+    port = free_port()
+    server = Server(
+        "floor server",
+        [str(PYTHON), str(BENCH / "_floor.py"), "--port", str(port)],
+        port,
+        "/ready",
+        env,
+        work / "floor-server.log",
+    )
+    workers = [
+        rq_worker(
+            f"floor worker {i}",
+            [*plain_rq_argv(redis_url), "--name", f"{queue_name}-w{i}", queue_name],
+            env,
+            work / f"floor-worker-{i}.log",
+        )
+        for i in range(WORKERS)
+    ]
+    from redis import Redis
+
+    with running(server, *workers), psycopg.connect(url, autocommit=True) as conn:
+        server.wait_ready()
+        wait_for_rq_workers(Redis.from_url(redis_url), queue_name, workers)
+        groups = {"server": [server.proc.pid] if server.proc else []}
+        groups["workers"] = [w.proc.pid for w in workers if w.proc]
+        meter = CpuMeter(groups, database)
+        clock: dict[str, float] = {}
+        body = noop_job("floor")
+        with timed_from(meter, clock, None):
+            answers = asyncio.run(submit_many(port, "none", body, jobs, concurrency))
+        deadline = time.monotonic() + max(300.0, jobs * 0.2)
+        count = "SELECT count(*) FROM floor_jobs WHERE status = 'succeeded'"
+        while time.monotonic() < deadline:
+            row = conn.execute(count).fetchone()
+            if row is not None and row[0] >= jobs:
+                break
+            time.sleep(0.1)
+        cpu = meter.stop()
+        rows = conn.execute(
+            "SELECT worker, extract(epoch FROM started_at), extract(epoch FROM finished_at) "
+            "FROM floor_jobs WHERE status = 'succeeded'"
+        ).fetchall()
+    t0 = clock["t0"]
+    end = max((float(r[2]) for r in rows), default=time.time())
+    return {
+        "jobs": jobs,
+        "seconds": end - t0,
+        "jobs_per_s": len(rows) / (end - t0),
+        "complete": len(rows) == jobs,
+        "http_statuses": answers,
+        "submit_seconds": clock["submitted"],
+        "submit_per_s": jobs / clock["submitted"],
+        "worker": worker_cycles([(r[0], float(r[1]), float(r[2])) for r in rows]),
+        "cpu_s_per_1000_jobs": per_1000(cpu, jobs),
+    }
+
+
+def plain_rq_argv(redis_url: str) -> list[str]:
+    """``rq worker`` as the baseline runs it (and the floor): the worker class and
+    serializer ``zhongtai worker`` uses, job functions from bench/."""
+    return [
+        str(VENV_BIN / "rq"),
+        "worker",
+        "-w",
+        "rq.worker.SimpleWorker",
+        "--url",
+        redis_url,
+        "--serializer",
+        "rq.serializers.JSONSerializer",
+        "-P",
+        str(BENCH),
+    ]
 
 
 def wait_for_rq_workers(redis: Any, queue_name: str, procs: list[Server]) -> None:
@@ -1083,8 +1171,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-SCENARIO_NAMES = ("throughput", "latency", "followers", "drain")
-DEFAULT_SCENARIOS = ("throughput", "latency", "followers")  # drain: a diagnostic, asked for
+SCENARIO_NAMES = ("throughput", "latency", "followers", "drain", "floor")
+DEFAULT_SCENARIOS = ("throughput", "latency", "followers")  # drain, floor: diagnostics
 DRIVERS = ("rq", "embedded")
 
 
@@ -1109,7 +1197,8 @@ def main() -> None:
         "--scenarios",
         type=lambda v: names(v, SCENARIO_NAMES),
         default=list(DEFAULT_SCENARIOS),
-        help="comma-separated: throughput,latency,followers,drain (default: all but drain)",
+        help="comma-separated: throughput,latency,followers,drain,floor "
+        "(default: all but drain and floor)",
     )
     parser.add_argument(
         "--drivers",
@@ -1159,13 +1248,18 @@ def main() -> None:
     with scratch_dir("zt-bench-jobs-") as work:
         dbs = Databases(kind, work)
         try:
-            if "throughput" in scenarios:
+            if scenarios & {"throughput", "floor"}:
                 print(f"plain RQ (baseline), {args.jobs} jobs …", flush=True)
                 summary["plain_rq"] = plain_rq_throughput(args.redis_url, prefix, args.jobs, work)
             if "drain" in scenarios and "rq" in args.drivers:
                 print(f"plain RQ drain (baseline), {args.jobs} jobs …", flush=True)
                 summary["plain_rq_drain"] = plain_rq_throughput(
                     args.redis_url, prefix, args.jobs, work, drain=True
+                )
+            if "floor" in scenarios and kind == "postgres":
+                print(f"the floor (bench/_floor.py), {args.jobs} jobs …", flush=True)
+                summary["floor"] = floor_throughput(
+                    args.redis_url, prefix, dbs, work, args.jobs, args.concurrency
                 )
             for driver in args.drivers:
                 print(f"zhongtai, {driver} driver …", flush=True)
@@ -1186,7 +1280,10 @@ def main() -> None:
     if "plain_rq" in summary:
         base = summary["plain_rq"]["jobs_per_s"]
         for driver in args.drivers:
-            summary[f"ratio_{driver}"] = summary[driver]["throughput"]["jobs_per_s"] / base
+            if "throughput" in summary[driver]:
+                summary[f"ratio_{driver}"] = summary[driver]["throughput"]["jobs_per_s"] / base
+    if "plain_rq" in summary and "floor" in summary:
+        summary["ratio_floor"] = summary["floor"]["jobs_per_s"] / summary["plain_rq"]["jobs_per_s"]
     if "plain_rq_drain" in summary and "drain" in summary.get("rq", {}):
         base = summary["plain_rq_drain"]["jobs_per_s"]
         summary["drain_ratio_rq"] = summary["rq"]["drain"]["jobs_per_s"] / base
@@ -1204,6 +1301,8 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
     )
     if "plain_rq" in summary:
         describe_throughput("plain RQ", summary["plain_rq"])
+    if "floor" in summary:
+        describe_throughput("floor", summary["floor"])
     for driver in drivers:
         if "throughput" in summary[driver]:
             describe_throughput(driver, summary[driver]["throughput"])
@@ -1246,6 +1345,11 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
         print(
             f"throughput, rq driver ÷ plain RQ: {value:.2f} (target ≥ {TARGET_THROUGHPUT}) "
             f"{verdict(value >= TARGET_THROUGHPUT)}"
+        )
+    if "ratio_floor" in summary:
+        print(
+            f"throughput, floor ÷ plain RQ: {summary['ratio_floor']:.2f} (a diagnostic: the "
+            "platform's skeleton alone, bench/_floor.py)"
         )
     if "drain_ratio_rq" in summary:
         print(
