@@ -142,13 +142,8 @@ class Database:
         (and that connection is not in use by an enclosing block); the session is then
         joined to the connection's transaction, so commit it only by leaving the block.
         """
-        conn = self._take_kept(autocommit=False) if kept else None
-        if conn is None:
-            with self.sessionmaker() as session, session.begin():
-                yield session
-        else:
-            with self._on_kept(conn, autocommit=False) as session:
-                yield session
+        with self._session(autocommit=False, kept=kept) as session:
+            yield session
 
     @contextlib.contextmanager
     def autocommit(self, *, kept: bool = False) -> Iterator[Session]:
@@ -157,13 +152,21 @@ class Database:
         PostgreSQL). Events emitted in it are delivered when the block ends without an
         error; a statement that ran before an error stays committed. ``kept``: as for
         :meth:`transaction`."""
-        conn = self._take_kept(autocommit=True) if kept else None
-        if conn is None:
-            with self.sessionmaker(bind=self._autocommit_engine) as session, session.begin():
+        with self._session(autocommit=True, kept=kept) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def _session(self, *, autocommit: bool, kept: bool) -> Iterator[Session]:
+        """What :meth:`transaction` and :meth:`autocommit` yield: a session on this
+        thread's kept connection of that kind when it may, else on a pooled one."""
+        conn = self._take_kept(autocommit=autocommit) if kept else None
+        if conn is not None:
+            with self._on_kept(conn, autocommit=autocommit) as session:
                 yield session
-        else:
-            with self._on_kept(conn, autocommit=True) as session:
-                yield session
+            return
+        bind = self._autocommit_engine if autocommit else self.engine
+        with self.sessionmaker(bind=bind) as session, session.begin():
+            yield session
 
     @contextlib.contextmanager
     def keeping(self) -> Iterator[None]:
