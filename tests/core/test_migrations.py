@@ -72,4 +72,4 @@ def test_failed_migration_leaves_schema_as_it_was(zt_app_factory, zt_platform):
     assert tables(zt_platform) == before_tables
     after_columns = {c["name"] for c in inspect(zt_platform.db.engine).get_columns("lineage_edges")}
     assert after_columns == before_columns
-    assert zt_platform.migrations().current() == {"c0e1a0000007"}
+    assert zt_platform.migrations().current() == {"c0e1a0000008"}

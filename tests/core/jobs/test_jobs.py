@@ -116,6 +116,31 @@ def demo(zt_register_plugin: Callable[..., None]) -> DemoJobs:
     return plugin
 
 
+@pytest.fixture(params=["every policy asked", "demo policy declared"])
+def claim_path(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, demo: DemoJobs
+) -> list[str]:
+    """Both ways a worker claims a job, and the ids the long way (a transaction in which
+    every policy is asked) claimed. Declared (``admits_only``) to decide ``demo.once``
+    alone, the demo policy leaves ``demo.add`` jobs to the claim in one statement on
+    PostgreSQL; undeclared, it is asked about every job."""
+    from zhongtai.jobs.engine import JobEngine
+
+    if request.param == "demo policy declared":
+        monkeypatch.setattr(
+            DemoJobs.admit_job, "zhongtai_admits", frozenset({"demo.once"}), raising=False
+        )
+    long_way: list[str] = []
+    claim = JobEngine._claim_in_transaction
+
+    def counted(self: JobEngine, job_id: str, worker: str) -> Any:
+        long_way.append(job_id)
+        return claim(self, job_id, worker)
+
+    monkeypatch.setattr(JobEngine, "_claim_in_transaction", counted)
+    return long_way
+
+
 @pytest.fixture
 def jobs_app(
     demo: DemoJobs, zt_app_factory: Callable[..., Any], zt_settings: Any
@@ -356,9 +381,10 @@ def test_a_job_another_process_scheduled_is_found_by_the_poll(jobs_app):
         assert done["status"] == "succeeded" and done["result"] == {"sum": 4}
 
 
-def test_a_job_that_cannot_run_here_fails_at_its_claim_with_the_reason(jobs_app):
+def test_a_job_that_cannot_run_here_fails_at_its_claim_with_the_reason(jobs_app, claim_path):
     """A worker without the job's type, or with a schema its stored parameters no longer
-    fit, fails the job when it claims it: no attempt counted, no worker recorded."""
+    fit, fails the job when it claims it: no attempt counted, no worker recorded (either
+    way it claims)."""
     from zhongtai.hooks.events import utcnow
 
     with jobs_app(poll_interval=0.5) as (client, identity):
@@ -587,10 +613,11 @@ def test_hook_admit_job(jobs_app, demo):
         assert done[2]["started_at"] < done[1]["started_at"]
 
 
-def test_claims_racing_in_one_project_start_no_more_jobs_than_its_limit(jobs_app):
+def test_claims_racing_in_one_project_start_no_more_jobs_than_its_limit(jobs_app, claim_path):
     """Workers claiming jobs of one project at the same moment (threads with their own
     connections, as processes have): the project's lock lets exactly ``limit`` run;
-    the others go back to held, unrun (and are queued again as those end)."""
+    the others go back to held, unrun (and are queued again as those end). The same
+    whether the claims are transactions or, on PostgreSQL, single statements."""
     import threading
 
     from zhongtai.jobs.engine import jobs_engine
@@ -622,6 +649,60 @@ def test_claims_racing_in_one_project_start_no_more_jobs_than_its_limit(jobs_app
         ran = [job_id for job_id, outcome in outcomes.items() if outcome is not None]
         assert len(outcomes) == len(jobs) and len(ran) == 2, outcomes
         assert all(outcomes[job_id] == "succeeded" for job_id in ran)
+
+
+def test_on_postgresql_a_job_no_plugin_policy_decides_is_claimed_in_one_statement(
+    jobs_app, demo, claim_path
+):
+    """With every plugin policy declaring the job types it decides, a job of another type
+    is claimed without asking them (``zt_claim_job``): the row is claimed as the long way
+    claims it, and its ``job.started`` event is delivered after the claim commits. A job
+    of a declared type is claimed the long way, its policy asked."""
+    with jobs_app() as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        plain = submit(
+            client, headers, type="demo.add", project=project.id, params={"a": 2, "b": 0}
+        )
+        guarded = submit(
+            client, headers, type="demo.once", project=project.id, params={"a": 3, "b": 0}
+        )
+        assert plain.status_code == guarded.status_code == 201, (plain.text, guarded.text)
+        done = [wait_for(client, headers, r.json()["id"]) for r in (plain, guarded)]
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
+        for job in done:
+            assert job["attempts"] == 1 and job["worker"] and job["error"] is None, job
+            assert job["started_at"] is not None and job["started_at"] <= job["finished_at"]
+            assert ("job.started", job["id"]) in demo.events
+        declared = getattr(DemoJobs.admit_job, "zhongtai_admits", None) is not None
+        at_once = declared and not platform.db.is_embedded
+        assert (done[0]["id"] in claim_path) is not at_once, claim_path
+        assert done[1]["id"] in claim_path
+
+
+def test_policy_job_types_are_what_plugins_declare(jobs_app, monkeypatch):
+    """The job types plugin policies decide, as they declare them (``admits_only``): the
+    train plugin's GPU quota its counted types; one policy that declares nothing makes
+    it every type (None), and the core's own policy is never counted."""
+    from zhongtai.jobs.admission import admits_only, policy_job_types
+
+    @admits_only("demo.a", "demo.b")
+    def declared() -> None: ...
+
+    assert declared.zhongtai_admits == frozenset({"demo.a", "demo.b"})  # type: ignore[attr-defined]
+    with jobs_app() as (client, _identity):
+        platform = client.app.state["platform"]
+        assert policy_job_types(platform) is None  # the demo policy declares nothing
+        monkeypatch.setattr(
+            DemoJobs.admit_job, "zhongtai_admits", frozenset({"demo.once"}), raising=False
+        )
+        expected = {"demo.once"}
+        if platform.plugins.get("train") is not None:
+            from zhongtai_train.quotas import COUNTED
+
+            expected |= set(COUNTED)
+        assert policy_job_types(platform) == expected
 
 
 def test_a_policy_can_hold_a_job_at_start(jobs_app, demo):

@@ -2,10 +2,10 @@
 
 What a plugin needs::
 
-    from zhongtai.jobs import Admission, JobContext, JobType, Resources
+    from zhongtai.jobs import Admission, JobContext, JobType, Resources, admits_only
 """
 
-from zhongtai.jobs.admission import Admission, AdmissionRequest
+from zhongtai.jobs.admission import Admission, AdmissionRequest, admits_only
 from zhongtai.jobs.context import JobCancelled, JobContext
 from zhongtai.jobs.types import InvalidParams, JobType, Resources
 
@@ -17,4 +17,5 @@ __all__ = [
     "JobContext",
     "JobType",
     "Resources",
+    "admits_only",
 ]

@@ -19,7 +19,8 @@ import dataclasses
 import functools
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import bindparam, func, literal, select
 
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
     from zhongtai.jobs.types import JobType
     from zhongtai.platform import Platform
 
-__all__ = ["Admission", "AdmissionRequest", "Phase", "Tally"]
+__all__ = ["Admission", "AdmissionRequest", "Phase", "Tally", "admits_only", "policy_job_types"]
 
 Phase = Literal["submit", "release", "start"]
+F = TypeVar("F", bound=Callable[..., Any])
+_ADMITS = "zhongtai_admits"  # the attribute admits_only() sets on an implementation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,44 @@ class AdmissionRequest:
     job_type: JobType
     phase: Phase
     session: Session
+
+
+def admits_only(*job_types: str) -> Callable[[F], F]:
+    """Declare that an ``admit_job`` implementation decides jobs of these types only,
+    and returns None for every other job.
+
+    Jobs of other types then start without calling it: on PostgreSQL a worker claims
+    such a job and checks the core's running limit in one statement, instead of a
+    transaction of its own in which every policy is asked. An implementation without
+    the declaration is asked about every job (and every claim takes the long way)::
+
+        @zhongtai.hookimpl
+        @admits_only("train.run", "train.evaluate")
+        def admit_job(request, platform): ...
+    """
+
+    def declare(function: F) -> F:
+        setattr(function, _ADMITS, frozenset(job_types))
+        return function
+
+    return declare
+
+
+def policy_job_types(platform: Platform) -> frozenset[str] | None:
+    """The job types some plugin's ``admit_job`` may decide (the core's own policy
+    aside); None when an implementation does not declare its types (:func:`admits_only`)
+    and so may decide any job."""
+    from zhongtai.jobs.plugin import admit_job as core_admit_job
+
+    types: set[str] = set()
+    for impl in platform.plugins.hook.admit_job.get_hookimpls():
+        if impl.function is core_admit_job:
+            continue
+        declared = getattr(impl.function, _ADMITS, None)
+        if declared is None:
+            return None
+        types.update(declared)
+    return frozenset(types)
 
 
 class Tally:

@@ -31,7 +31,19 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Integer,
+    Table,
+    Text,
+    bindparam,
+    column,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from zhongtai.hooks.events import Event, emit, utcnow
@@ -159,6 +171,7 @@ class JobEngine:
         self._look_for_due = False  # …and has it look for due scheduled jobs (wake())
         self._flushing = False  # the maintenance thread wakes every FLUSH_SECONDS now
         self._maintenance: threading.Thread | None = None
+        self._at_once_types: list[str] | None = None  # see _types_claimed_at_once()
         driver_cls = load_driver("zhongtai.queue", self.settings.queue)
         self.driver: QueueDriver = driver_cls(self)
 
@@ -388,6 +401,88 @@ class JobEngine:
         return self._finish(job_type, job, worker, status, result, error, context)
 
     def _claim(self, job_id: str, worker: str) -> tuple[JobType, Job, BaseModel] | None:
+        """Claim ``job_id`` for ``worker``: its type, its row as claimed and its
+        parameters, or None when it does not run here now (taken, cancelled, held,
+        failed for a reason it records)."""
+        types = self._types_claimed_at_once()
+        if types:
+            claimed = self._claim_at_once(job_id, worker, types)
+            if claimed is not None:
+                return claimed
+        return self._claim_in_transaction(job_id, worker)
+
+    def _types_claimed_at_once(self) -> list[str]:
+        """The installed job types that :meth:`_claim_at_once` may claim: on PostgreSQL,
+        those no plugin's admission policy decides (:func:`~zhongtai.jobs.admission.
+        admits_only`), whose start the core's running limit alone decides."""
+        if self._at_once_types is None:
+            from zhongtai.jobs.admission import policy_job_types
+
+            guarded = None if self.platform.db.is_embedded else policy_job_types(self.platform)
+            self._at_once_types = (
+                []
+                if guarded is None
+                else sorted(t.name for t in self.types if t.name not in guarded)
+            )
+        return self._at_once_types
+
+    def _claim_at_once(
+        self, job_id: str, worker: str, types: list[str]
+    ) -> tuple[JobType, Job, BaseModel] | None:
+        """The common claim in one statement (``zt_claim_job``, migration 0008): the
+        row, the project's lock and the count of its running jobs under that lock, all
+        in the function, committed by itself. No row back: anything but a plain start
+        (not queued, the project at its limit), which the caller decides the long way."""
+        from pydantic import ValidationError
+
+        with self.platform.db.autocommit(kept=True) as session:
+            row = (
+                session.connection()
+                .execute(
+                    _CLAIM_AT_ONCE,
+                    {
+                        "c_id": job_id,
+                        "c_worker": worker,
+                        "c_now": utcnow(),
+                        "c_limit": self.settings.max_running_per_project,
+                        "c_types": types,
+                    },
+                )
+                .one_or_none()
+            )
+            if row is None:
+                return None
+            job = Job(**dict(zip(_COLUMNS, row, strict=True)))
+            job_type = self.types.get(job.type)
+            assert job_type is not None  # the function claims the types named only
+            try:
+                params = job_type.params.model_validate(job.params)
+            except ValidationError as exc:
+                failure = f"stored parameters no longer valid: {exc}"
+            else:
+                emit(
+                    session,
+                    JobStarted(
+                        project=job.project_id,
+                        job_id=job.id,
+                        job_type=job.type,
+                        attempt=job.attempts,
+                    ),
+                )
+                return job_type, job, params
+        # Rare: the claim is committed, so this attempt is failed in a transaction of
+        # its own, as the long way fails it (no attempt counted, no worker recorded).
+        with self.platform.db.transaction() as session:
+            if session.execute(_LOCK_ATTEMPT, _attempt(job, worker)).first() is not None:
+                self._fail_now(session, job, failure)
+        return None
+
+    def _claim_in_transaction(
+        self, job_id: str, worker: str
+    ) -> tuple[JobType, Job, BaseModel] | None:
+        """The claim with every policy asked, in one transaction under the project's
+        lock: on SQLite, for types a plugin's policy decides, and where the project is
+        at its limit."""
         from pydantic import ValidationError
 
         now = utcnow()
@@ -1084,6 +1179,16 @@ _LOCK_PROJECT = select(_project_lock_of(bindparam("lock_project", type_=_JOBS.c.
 # own, so its snapshot sees every claim committed before the lock was granted.
 _CLAIM_LOCKING = _CLAIM.returning(_project_lock_of(_JOBS.c.project_id).label("project_locked"))
 _COLUMNS = tuple(_JOBS.c.keys())
+# The claim in one statement (PostgreSQL; see _claim_at_once). Its columns named, in
+# the model's order: the table's own order is the order migrations added them in.
+_CLAIMED_AT_ONCE = func.zt_claim_job(
+    bindparam("c_id", type_=Text()),
+    bindparam("c_worker", type_=Text()),
+    bindparam("c_now", type_=_AT),
+    bindparam("c_limit", type_=Integer()),
+    bindparam("c_types", type_=ARRAY(Text())),
+).table_valued(*(column(name, _JOBS.c[name].type) for name in _COLUMNS))
+_CLAIM_AT_ONCE = select(*_CLAIMED_AT_ONCE.c)
 
 
 # Where one attempt's row is still running with the worker that claimed it: a change
@@ -1096,6 +1201,7 @@ _THIS_ATTEMPT = (
 )
 # Returned by an outcome's UPDATE: whether the attempt's project has held jobs that the
 # freed capacity may release (almost never, so no query of its own).
+_LOCK_ATTEMPT = select(_JOBS.c.id).where(*_THIS_ATTEMPT).with_for_update()
 _HELD = (
     select(_JOBS.c.id)
     .where(_JOBS.c.project_id == bindparam("a_project"), _JOBS.c.status == str(JobStatus.held))

@@ -108,6 +108,10 @@ class TrainJob(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+#: Job types whose GPUs count against a project's quota (the quota policy decides these).
+GPU_COUNTED_TYPES = ("train.run", "train.evaluate")
+
+
 class GpuQuota(Base):
     """How many GPUs a project's running training jobs may hold together."""
 

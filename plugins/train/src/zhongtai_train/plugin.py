@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zhongtai
+from zhongtai.jobs.admission import admits_only
 
 # The tables, as soon as the plugin loads: the core checks their names and Alembic's
 # autogenerate sees them.
@@ -91,8 +92,10 @@ def register_job_types() -> list[JobType]:
 
 
 @zhongtai.hookimpl
+@admits_only(*models.GPU_COUNTED_TYPES)
 def admit_job(request: AdmissionRequest, platform: Platform) -> Admission | None:
-    """GPU quotas: a training job that would take its project over waits as held."""
+    """GPU quotas: a training job that would take its project over waits as held (other
+    jobs never wait for this policy: see ``admits_only``)."""
     from zhongtai_train.quotas import admit
 
     return admit(request, platform)

@@ -41,7 +41,7 @@ from zhongtai.jobs.models import Job
 from zhongtai.ui import Panel, Redirect, View
 from zhongtai.web.params import PlatformDep
 from zhongtai_train.backends import Backend
-from zhongtai_train.models import GpuQuota
+from zhongtai_train.models import GPU_COUNTED_TYPES, GpuQuota
 from zhongtai_train.permissions import EXPERIMENT_READ, QUOTA_MANAGE
 from zhongtai_train.tracking import settings_of
 
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: Job types whose GPUs count against the quota.
-COUNTED = ("train.run", "train.evaluate")
+COUNTED = GPU_COUNTED_TYPES
 
 
 def gpus_of(params: Any) -> int:
