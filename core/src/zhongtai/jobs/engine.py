@@ -433,7 +433,6 @@ class JobEngine:
         row, the project's lock and the count of its running jobs under that lock, all
         in the function, committed by itself. No row back: anything but a plain start
         (not queued, the project at its limit), which the caller decides the long way."""
-        from pydantic import ValidationError
 
         with self.platform.db.autocommit(kept=True) as session:
             row = (
@@ -455,20 +454,9 @@ class JobEngine:
             job = Job(**dict(zip(_COLUMNS, row, strict=True)))
             job_type = self.types.get(job.type)
             assert job_type is not None  # the function claims the types named only
-            try:
-                params = job_type.params.model_validate(job.params)
-            except ValidationError as exc:
-                failure = f"stored parameters no longer valid: {exc}"
-            else:
-                emit(
-                    session,
-                    JobStarted(
-                        project=job.project_id,
-                        job_id=job.id,
-                        job_type=job.type,
-                        attempt=job.attempts,
-                    ),
-                )
+            params, failure = _params_of(job_type, job)
+            if params is not None:
+                emit(session, _started_event(job))
                 return job_type, job, params
         # Rare: the claim is committed, so this attempt is failed in a transaction of
         # its own, as the long way fails it (no attempt counted, no worker recorded).
@@ -483,7 +471,6 @@ class JobEngine:
         """The claim with every policy asked, in one transaction under the project's
         lock: on SQLite, for types a plugin's policy decides, and where the project is
         at its limit."""
-        from pydantic import ValidationError
 
         now = utcnow()
         embedded = self.platform.db.is_embedded
@@ -505,10 +492,9 @@ class JobEngine:
             if job_type is None:
                 self._fail_now(session, job, f"job type {job.type} is not installed on {worker}")
                 return None
-            try:
-                params = job_type.params.model_validate(job.params)
-            except ValidationError as exc:
-                self._fail_now(session, job, f"stored parameters no longer valid: {exc}")
+            params, failure = _params_of(job_type, job)
+            if params is None:
+                self._fail_now(session, job, failure)
                 return None
             # Under the project's lock: the claim took it (_CLAIM_LOCKING).
             decision = decide(self.platform, AdmissionRequest(job, job_type, "start", session))
@@ -518,12 +504,7 @@ class JobEngine:
                 held.progress_message = decision.reason[:500]
                 self._unclaim(held)
                 return None
-            emit(
-                session,
-                JobStarted(
-                    project=job.project_id, job_id=job.id, job_type=job.type, attempt=job.attempts
-                ),
-            )
+            emit(session, _started_event(job))
         return job_type, job, params
 
     @staticmethod
@@ -1126,6 +1107,22 @@ class _HandlerThread(threading.Thread):
             target()  # never raises: the engine's target keeps every outcome
             with self.pool.lock:
                 self.pool.idle.append(self)
+
+
+def _params_of(job_type: JobType, job: Job) -> tuple[BaseModel, str] | tuple[None, str]:
+    """The job's stored parameters validated, or None and why they no longer fit."""
+    from pydantic import ValidationError
+
+    try:
+        return job_type.params.model_validate(job.params), ""
+    except ValidationError as exc:
+        return None, f"stored parameters no longer valid: {exc}"
+
+
+def _started_event(job: Job) -> JobStarted:
+    return JobStarted(
+        project=job.project_id, job_id=job.id, job_type=job.type, attempt=job.attempts
+    )
 
 
 async def _run_async(job_type: JobType, context: JobContext, box: dict[str, Any]) -> Any:
