@@ -433,7 +433,6 @@ class JobEngine:
         row, the project's lock and the count of its running jobs under that lock, all
         in the function, committed by itself. No row back: anything but a plain start
         (not queued, the project at its limit), which the caller decides the long way."""
-
         with self.platform.db.autocommit(kept=True) as session:
             row = (
                 session.connection()
@@ -1196,9 +1195,10 @@ _THIS_ATTEMPT = (
     _JOBS.c.attempts == bindparam("a_attempts"),
     _JOBS.c.worker.is_not_distinct_from(bindparam("a_worker", type_=_JOBS.c.worker.type)),
 )
+# That attempt's row, locked (to fail an attempt claimed at once: see _claim_at_once).
+_LOCK_ATTEMPT = select(_JOBS.c.id).where(*_THIS_ATTEMPT).with_for_update()
 # Returned by an outcome's UPDATE: whether the attempt's project has held jobs that the
 # freed capacity may release (almost never, so no query of its own).
-_LOCK_ATTEMPT = select(_JOBS.c.id).where(*_THIS_ATTEMPT).with_for_update()
 _HELD = (
     select(_JOBS.c.id)
     .where(_JOBS.c.project_id == bindparam("a_project"), _JOBS.c.status == str(JobStatus.held))
