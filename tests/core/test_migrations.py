@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from zhongtai.hooks.manager import StartupError
 from zhongtai.metadata.migrations import MigrationError
@@ -32,12 +32,25 @@ def test_plugin_branch_upgrade_and_downgrade(zt_app_factory):
     assert "withmig_items" in tables(platform)
 
 
+def claim_function_exists(platform) -> bool:
+    with platform.db.engine.connect() as conn:
+        return bool(
+            conn.scalar(text("SELECT count(*) FROM pg_proc WHERE proname = 'zt_claim_job'"))
+        )
+
+
 def test_core_downgrade_to_base_and_back(zt_platform):
+    """Down to nothing and up again; on PostgreSQL that includes the claim function
+    (migration c0e1a0000008), which must go before the table its rows are typed by."""
+    postgres = not zt_platform.db.is_embedded
+    assert not postgres or claim_function_exists(zt_platform)
     migrations = zt_platform.migrations()
     migrations.downgrade("core@base")
     assert "lineage_edges" not in tables(zt_platform)
+    assert not postgres or not claim_function_exists(zt_platform)
     migrations.upgrade()
     assert "lineage_edges" in tables(zt_platform)
+    assert not postgres or claim_function_exists(zt_platform)
 
 
 def test_history_lists_every_branch(zt_app_factory):
