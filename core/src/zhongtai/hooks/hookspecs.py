@@ -221,7 +221,9 @@ def admit_job(request: AdmissionRequest, platform: Platform) -> Admission | None
     or ``"start"`` (a worker is about to run it: ``hold`` sends it back to ``held``).
     Stops at the first non-None result; the core's own policy (running jobs per
     project, pending jobs per project, from ``[jobs]`` settings) runs last. Keep it
-    fast: it runs inside the transaction that changes the job.
+    fast: it runs inside the transaction that changes the job. An implementation that
+    decides only some job types declares them with ``zhongtai.jobs.admits_only``: jobs
+    of other types then start without asking it (on PostgreSQL, in one statement).
 
     Added in 0.1.
     """
