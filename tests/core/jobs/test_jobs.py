@@ -699,9 +699,9 @@ def test_policy_job_types_are_what_plugins_declare(jobs_app, monkeypatch):
         )
         expected = {"demo.once"}
         if platform.plugins.get("train") is not None:
-            from zhongtai_train.quotas import COUNTED
+            from zhongtai_train.models import GPU_COUNTED_TYPES
 
-            expected |= set(COUNTED)
+            expected |= set(GPU_COUNTED_TYPES)
         assert policy_job_types(platform) == expected
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zhongtai
-from zhongtai.jobs.admission import admits_only
+from zhongtai.jobs import admits_only
 
 # The tables, as soon as the plugin loads: the core checks their names and Alembic's
 # autogenerate sees them.

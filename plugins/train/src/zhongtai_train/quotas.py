@@ -60,9 +60,6 @@ __all__ = [
     "quota_of",
 ]
 
-#: Job types whose GPUs count against the quota.
-COUNTED = GPU_COUNTED_TYPES
-
 
 def gpus_of(params: Any) -> int:
     """GPUs a training or evaluation job's (stored or validated) params ask for, all
@@ -90,7 +87,7 @@ def quota_of(platform: Platform, session: Session, project_id: str) -> int | Non
 def gpus_in_use(session: Session, project_id: str, *, besides: str | None = None) -> int:
     """GPUs held by the project's running training jobs (other than ``besides``)."""
     query = select(Job.id, Job.params).where(
-        Job.project_id == project_id, Job.type.in_(COUNTED), Job.status == "running"
+        Job.project_id == project_id, Job.type.in_(GPU_COUNTED_TYPES), Job.status == "running"
     )
     return sum(gpus_of(params) for job_id, params in session.execute(query) if job_id != besides)
 
@@ -111,7 +108,7 @@ def check_gpus(platform: Platform, session: Session, project_id: str, params: An
 def admit(request: AdmissionRequest, platform: Platform) -> Admission | None:
     """Hold a training job that would take its project over its GPU quota."""
     job = request.job
-    if job.type not in COUNTED:
+    if job.type not in GPU_COUNTED_TYPES:
         return None
     wanted = gpus_of(job.params)
     if wanted == 0:
@@ -147,7 +144,7 @@ def _quota_dict(platform: Platform, session: Session, project_id: str) -> dict[s
     limit = own.gpus if own is not None else settings_of(platform).gpu_quota
     held = session.scalars(
         select(Job.progress_message).where(
-            Job.project_id == project_id, Job.type.in_(COUNTED), Job.status == "held"
+            Job.project_id == project_id, Job.type.in_(GPU_COUNTED_TYPES), Job.status == "held"
         )
     ).all()
     return {
@@ -270,7 +267,7 @@ def _page(view: View) -> Mapping[str, Any]:
                 select(Job.id, Job.params, Job.progress_message)
                 .where(
                     Job.project_id == view.project.id,
-                    Job.type.in_(COUNTED),
+                    Job.type.in_(GPU_COUNTED_TYPES),
                     Job.status == "held",
                 )
                 .order_by(Job.priority.desc(), Job.id)
