@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+)
 
 from zhongtai.hooks.events import Event, emit
+from zhongtai.metadata.base import UTCDateTime
 from zhongtai.metadata.database import Database
 
 
@@ -186,3 +202,117 @@ def test_a_keeping_thread_recovers_when_the_server_drops_its_connection(db) -> N
             session.execute(text("INSERT INTO notes VALUES (2, 'next')"))
             assert session.scalar(text("SELECT pg_backend_pid()")) != pid
     assert bodies(database) == ["next"]
+
+
+# -- statements straight on the driver (driver_autocommit) ---------------------------
+
+_TYPED = Table(
+    "typed",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime()),
+    Column("doc", JSON(none_as_null=True)),
+    Column("share", Float),
+    Column("done", Boolean),
+    Column("label", String(20)),
+)
+# Literal values in the statement (done=True, a computed share) become parameters of
+# its own that the caller does not pass.
+_ADD_TYPED = (
+    insert(_TYPED)
+    .values(
+        id=bindparam("t_id"),
+        at=bindparam("t_at", type_=UTCDateTime()),
+        doc=bindparam("t_doc", type_=JSON(none_as_null=True)),
+        share=bindparam("t_share", type_=Float()) * 2,
+        done=True,
+        label=bindparam("t_label"),
+    )
+    .returning(*_TYPED.c)
+)
+_NOTE_ONCE = text("INSERT INTO notes VALUES (1, 'once')")
+
+
+@pytest.fixture
+def typed(db) -> Iterator[tuple[Database, list[Event]]]:
+    database, delivered = db
+    _TYPED.create(database.engine)
+    yield database, delivered
+
+
+def test_a_statement_on_the_driver_comes_back_as_through_a_session(typed) -> None:
+    """The worker's claim and outcome run on the driver: the values a row gives must be
+    those SQLAlchemy gives (UTC-aware datetimes, JSON as objects, booleans), and the
+    values sent must be stored as a session stores them."""
+    database, delivered = typed
+    at = datetime(2026, 12, 5, 16, 30, 1, 250_000, tzinfo=timezone(timedelta(hours=8)))
+    params = {"t_at": at, "t_doc": {"a": [1, "二"]}, "t_share": 0.25, "t_label": "x"}
+    with database.driver_autocommit() as statements:
+        first = statements.first(_ADD_TYPED, {"t_id": 1, **params})
+        statements.emit(Noted(note="added"))
+        assert delivered == []
+    assert [event.note for event in delivered] == ["added"]
+    with database.driver_autocommit() as statements:  # None stays NULL, not JSON null
+        second = statements.first(_ADD_TYPED, {**params, "t_id": 2, "t_doc": None})
+    with database.transaction() as session:
+        stored = [tuple(row) for row in session.execute(select(_TYPED).order_by(_TYPED.c.id))]
+        through_session = tuple(
+            session.execute(
+                select(_TYPED.c.id).where(_TYPED.c.doc.is_(None), _TYPED.c.at == at)
+            ).scalars()
+        )
+    assert first == stored[0] and second == stored[1]
+    assert first == (1, at, {"a": [1, "二"]}, 0.5, True, "x")
+    assert first[1].tzinfo == UTC
+    assert through_session == (2,)
+
+
+def test_a_driver_error_is_sqlalchemys_and_undoes_nothing_else(typed) -> None:
+    """A failed statement raises SQLAlchemy's exception of its kind (the engine retries
+    on DBAPIError and gives up on IntegrityError); what ran before it in the block
+    stays committed, its events are not delivered, and a kept connection is replaced."""
+    from sqlalchemy.exc import IntegrityError
+
+    database, delivered = typed
+    with database.keeping():
+        with database.driver_autocommit(kept=True) as statements:
+            statements.first(_NOTE_ONCE, {})
+            kept = connection_of(statements)
+        with pytest.raises(IntegrityError), database.driver_autocommit(kept=True) as statements:
+            assert connection_of(statements) is kept  # the thread's own
+            statements.emit(Noted(note="lost"))
+            statements.first(_NOTE_ONCE, {})
+        assert bodies(database) == ["once"] and delivered == []
+        assert kept.closed  # its state was unknown: given back to the pool, not kept
+        with database.driver_autocommit(kept=True) as statements:
+            assert connection_of(statements) is not kept
+        assert database.engine.pool.checkedout() == 1
+    assert database.engine.pool.checkedout() == 0
+
+
+def connection_of(statements: Any) -> Any:
+    """The SQLAlchemy connection ``statements`` run on."""
+    return statements._connection
+
+
+def test_the_driver_recovers_when_the_server_drops_its_connection(typed) -> None:
+    """PostgreSQL restarted: the statement fails as SQLAlchemy's would (DBAPIError, the
+    connection invalidated) and the next block runs on a fresh connection."""
+    database, _delivered = typed
+    if database.is_embedded:
+        pytest.skip("a server-side disconnect needs PostgreSQL")
+    from sqlalchemy.exc import DBAPIError
+
+    pid_of = select(func.pg_backend_pid())
+    with database.keeping():
+        with database.driver_autocommit(kept=True) as statements:
+            pid = statements.first(pid_of, {})
+        with database.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid[0]})
+        with pytest.raises(DBAPIError) as raised, database.driver_autocommit(kept=True) as s:
+            s.first(_NOTE_ONCE, {})
+        assert raised.value.connection_invalidated
+        with database.driver_autocommit(kept=True) as statements:
+            statements.first(_NOTE_ONCE, {})
+            assert statements.first(pid_of, {}) != pid
+    assert bodies(database) == ["once"]

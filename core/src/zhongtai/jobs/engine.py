@@ -433,20 +433,16 @@ class JobEngine:
         row, the project's lock and the count of its running jobs under that lock, all
         in the function, committed by itself. No row back: anything but a plain start
         (not queued, the project at its limit), which the caller decides the long way."""
-        with self.platform.db.autocommit(kept=True) as session:
-            row = (
-                session.connection()
-                .execute(
-                    _CLAIM_AT_ONCE,
-                    {
-                        "c_id": job_id,
-                        "c_worker": worker,
-                        "c_now": utcnow(),
-                        "c_limit": self.settings.max_running_per_project,
-                        "c_types": types,
-                    },
-                )
-                .one_or_none()
+        with self.platform.db.driver_autocommit(kept=True) as statements:
+            row = statements.first(
+                _CLAIM_AT_ONCE,
+                {
+                    "c_id": job_id,
+                    "c_worker": worker,
+                    "c_now": utcnow(),
+                    "c_limit": self.settings.max_running_per_project,
+                    "c_types": types,
+                },
             )
             if row is None:
                 return None
@@ -455,7 +451,7 @@ class JobEngine:
             assert job_type is not None  # the function claims the types named only
             params, failure = _params_of(job_type, job)
             if params is not None:
-                emit(session, _started_event(job))
+                statements.emit(_started_event(job))
                 return job_type, job, params
         # Rare: the claim is committed, so this attempt is failed in a transaction of
         # its own, as the long way fails it (no attempt counted, no worker recorded).
@@ -642,68 +638,20 @@ class JobEngine:
         retry_in: float | None = None
         if status == JobStatus.failed and job.attempts < job.max_attempts:
             retry_in = job_type.retry_delay(job.attempts)
-        # An outcome is one statement, committed by itself (no BEGIN/COMMIT round trips:
-        # this runs for every job); a retry also writes the line that explains it, so it
-        # takes a transaction.
-        db = self.platform.db
-        scope = db.autocommit(kept=True) if retry_in is None else db.transaction()
-        with self._transition(), scope as session:
-            if retry_in is not None:
-                settled = session.execute(
-                    update(_JOBS)
-                    .where(*_THIS_ATTEMPT)
-                    .values(
-                        status=str(JobStatus.scheduled),
-                        run_at=now + timedelta(seconds=retry_in),
-                        error=error,
-                        worker=None,
-                        heartbeat_at=None,
-                    )
-                    .returning(_HELD),
-                    _attempt(job, worker),
-                ).first()
-            else:
-                succeeded = status == JobStatus.succeeded
-                connection = session.connection()  # as in _claim
-                settled = connection.execute(
-                    _SUCCEEDED if succeeded else _ENDED,
-                    {
-                        **_attempt(job, worker),
-                        "o_now": now,
-                        **({"o_result": result} if succeeded else {}),
-                        **({} if succeeded else {"o_status": status, "o_error": error}),
-                    },
-                ).first()
-            if settled is None:
-                log.warning(
-                    "job %s attempt %s was settled elsewhere; %s dropped",
-                    job.id,
-                    job.attempts,
-                    status,
-                )
-                return None
-            line = None
-            if retry_in is not None:
-                # In this transaction: once it commits, any process may queue the retry,
-                # and the next attempt's lines number on from the count it then reads.
-                line = self._append_line(
-                    session,
-                    job.id,
-                    job.attempts,
-                    f"[zhongtai] attempt {job.attempts} failed: {error}; "
-                    f"retrying in {retry_in:g} s",
-                )
+        line = None
+        with self._transition():
             if retry_in is None:
-                emit(
-                    session,
-                    JobFinished.named(
-                        status,
-                        project=job.project_id,
-                        job_id=job.id,
-                        job_type=job.type,
-                        error=error,
-                    ),
-                )
+                settled = self._record_outcome(job, worker, status, result, error, now)
+            else:
+                settled, line = self._schedule_retry(job, worker, error, now, retry_in)
+        if settled is None:
+            log.warning(
+                "job %s attempt %s was settled elsewhere; %s dropped",
+                job.id,
+                job.attempts,
+                status,
+            )
+            return None
         final = str(JobStatus.scheduled) if retry_in is not None else status
         if line is not None:
             self.hub.publish(job.id, line)
@@ -712,6 +660,66 @@ class JobEngine:
         if settled[0]:
             self.release_held(job.project_id)
         return final
+
+    def _record_outcome(
+        self, job: Job, worker: str, status: str, result: Any, error: str | None, now: datetime
+    ) -> tuple[Any, ...] | None:
+        """The attempt's final outcome: one statement, committed by itself and run on the
+        driver (this runs for every job), with its ``job.<status>`` event; the
+        statement's row (whether the project has held jobs), or None if the attempt
+        was settled elsewhere."""
+        succeeded = status == JobStatus.succeeded
+        with self.platform.db.driver_autocommit(kept=True) as statements:
+            settled = statements.first(
+                _SUCCEEDED if succeeded else _ENDED,
+                {
+                    **_attempt(job, worker),
+                    "o_now": now,
+                    **({"o_result": result} if succeeded else {}),
+                    **({} if succeeded else {"o_status": status, "o_error": error}),
+                },
+            )
+            if settled is not None:
+                statements.emit(
+                    JobFinished.named(
+                        status,
+                        project=job.project_id,
+                        job_id=job.id,
+                        job_type=job.type,
+                        error=error,
+                    )
+                )
+        return settled
+
+    def _schedule_retry(
+        self, job: Job, worker: str, error: str | None, now: datetime, retry_in: float
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """Schedule the next attempt of a failed one, with the log line that explains it,
+        in one transaction: once it commits, any process may queue the retry, and the
+        next attempt's lines number on from the count it then reads."""
+        with self.platform.db.transaction() as session:
+            settled = session.execute(
+                update(_JOBS)
+                .where(*_THIS_ATTEMPT)
+                .values(
+                    status=str(JobStatus.scheduled),
+                    run_at=now + timedelta(seconds=retry_in),
+                    error=error,
+                    worker=None,
+                    heartbeat_at=None,
+                )
+                .returning(_HELD),
+                _attempt(job, worker),
+            ).first()
+            if settled is None:
+                return None, None
+            line = self._append_line(
+                session,
+                job.id,
+                job.attempts,
+                f"[zhongtai] attempt {job.attempts} failed: {error}; retrying in {retry_in:g} s",
+            )
+        return settled, line
 
     # -- held jobs -------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from zhongtai.hooks.events import Event, take_pending
 
@@ -73,6 +74,103 @@ class _Kept(threading.local):
         self.busy: set[bool] = set()
 
 
+class _Compiled:
+    """A Core statement compiled once for the DBAPI driver: its SQL, and SQLAlchemy's
+    own bind and result processors, so values go in and come out as they do through
+    a session."""
+
+    __slots__ = ("binds", "columns", "compiled", "positions", "results", "sql")
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        self.compiled = compiled
+        self.sql: str = compiled.string
+        self.positions: tuple[str, ...] | None = (
+            tuple(compiled.positiontup) if compiled.positional else None
+        )
+        escaped = compiled.escaped_bind_names
+        self.binds = {
+            escaped.get(name, name): processor
+            for bind, name in compiled.bind_names.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        self.columns = getattr(statement, "exported_columns", None)
+        self.results: list[Any] | None = None  # at the first row: see row()
+
+    def parameters(self, params: Mapping[str, Any]) -> Any:
+        """``params`` with the statement's literal values added, processed, in the
+        driver's style."""
+        values = self.compiled.construct_params(dict(params))
+        for name, processor in self.binds.items():
+            values[name] = processor(values[name])
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
+
+    def row(self, row: Any, cursor: Any, dialect: Dialect) -> tuple[Any, ...]:
+        """``row`` as SQLAlchemy's result gives it. Result processors may depend on the
+        driver's type codes (PostgreSQL's numeric types), so they are built from the
+        first cursor's description."""
+        results = self.results
+        if results is None:
+            assert self.columns is not None
+            results = self.results = [
+                column.type.dialect_impl(dialect).result_processor(dialect, described[1])
+                for column, described in zip(self.columns, cursor.description, strict=True)
+            ]
+        return tuple(
+            value if processor is None else processor(value)
+            for processor, value in zip(results, row, strict=True)
+        )
+
+
+class DriverStatements:
+    """What :meth:`Database.driver_autocommit` yields: Core statements run straight on
+    the DBAPI connection, each committing by itself."""
+
+    def __init__(self, db: Database, connection: Connection) -> None:
+        self._db = db
+        self._connection = connection
+        self.events: list[Event] = []
+
+    def first(self, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run ``statement`` (built once, at import: it is compiled once and kept);
+        its first row, processed as SQLAlchemy's result would be, or None."""
+        compiled = self._db._compiled(statement)
+        values = compiled.parameters(params)
+        dialect = self._db.engine.dialect
+        raw = self._connection.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        try:
+            cursor.execute(compiled.sql, values)
+            row = cursor.fetchone() if compiled.columns is not None else None
+            if row is not None:
+                row = compiled.row(row, cursor, dialect)
+        except dialect.loaded_dbapi.Error as exc:
+            # As SQLAlchemy's own execution does: a dropped connection is invalidated
+            # (the pool opens a fresh one) and the error is raised as its DBAPIError.
+            invalidated = dialect.is_disconnect(exc, raw, cursor)
+            if invalidated:
+                self._connection.invalidate(exc)
+            raise DBAPIError.instance(
+                compiled.sql,
+                values,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=invalidated,
+                dialect=dialect,
+            ) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        return row
+
+    def emit(self, event: Event) -> None:
+        """Record ``event`` to be delivered when the block ends without an error."""
+        self.events.append(event)
+
+
 class Database:
     """Engine and session factory. Domain events go to ``event_sink`` after commit."""
 
@@ -113,6 +211,7 @@ class Database:
         event.listen(self.sessionmaker, "after_commit", self._after_commit)
         event.listen(self.sessionmaker, "after_soft_rollback", self._after_rollback)
         self._kept = _Kept()
+        self._driver_sql: dict[Executable, _Compiled] = {}  # see driver_autocommit()
 
     @property
     def display_url(self) -> str:
@@ -130,6 +229,12 @@ class Database:
             return
         for item in pending:
             self.event_sink(item)
+
+    def _compiled(self, statement: Executable) -> _Compiled:
+        compiled = self._driver_sql.get(statement)
+        if compiled is None:
+            compiled = self._driver_sql[statement] = _Compiled(statement, self.engine.dialect)
+        return compiled
 
     def _after_rollback(self, session: Session, _previous: Any) -> None:
         take_pending(session)  # a rolled-back transaction delivers nothing
@@ -154,6 +259,33 @@ class Database:
         :meth:`transaction`."""
         with self._session(autocommit=True, kept=kept) as session:
             yield session
+
+    @contextlib.contextmanager
+    def driver_autocommit(self, *, kept: bool = False) -> Iterator[DriverStatements]:
+        """Like :meth:`autocommit`, for the few statements on every job's path: Core
+        statements run straight on the DBAPI connection, without a session or
+        SQLAlchemy's execution of each statement, which cost several times what the
+        statement itself costs the client (docs/benchmarks.md). Values are processed
+        by the statements' own types and errors raised as SQLAlchemy's, as through a
+        session; no ORM and no engine events. Events emitted on it are delivered when
+        the block ends without an error. ``kept``: as for :meth:`transaction`."""
+        conn = self._take_kept(autocommit=True) if kept else None
+        pooled = conn is None
+        if conn is None:
+            conn = self._autocommit_engine.connect()
+        statements = DriverStatements(self, conn)
+        done = False
+        try:
+            yield statements
+            done = True
+        finally:
+            if pooled:
+                conn.close()
+            else:
+                self._kept.busy.discard(True)
+                if not done:
+                    self._drop_kept(True)
+        self._deliver(statements.events)
 
     @contextlib.contextmanager
     def _session(self, *, autocommit: bool, kept: bool) -> Iterator[Session]:
