@@ -381,26 +381,28 @@ def zt_identity_for() -> Any:
 
 
 class HeldInserts:
-    """Holds the audit writer's first INSERT until released, so that the rows written
-    meanwhile pile up; counts the audit INSERTs. Made inside the test's event loop."""
+    """Holds the audit writer's first write to the database until released, so that
+    the rows written meanwhile pile up; counts the writes (one INSERT each, of one row
+    or many). Made inside the test's event loop."""
 
-    def __init__(self, platform: Any) -> None:
+    def __init__(self, writer: Any) -> None:
         self.release = threading.Event()
         self.inserts = 0
         self.started = asyncio.Event()
         self.loop = asyncio.get_running_loop()
-        # The engine's listeners also hear the self-committing engine built on it.
-        self.engine = platform.db.engine
-        event.listen(self.engine, "before_cursor_execute", self._seen)
+        self.writer = writer
+        insert = writer._insert
 
-    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+        def held(rows: list[dict[str, Any]]) -> None:
             self.inserts += 1
             self.loop.call_soon_threadsafe(self.started.set)
             self.release.wait(10)
+            insert(rows)
+
+        writer._insert = held
 
     def remove(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._seen)
+        del self.writer._insert  # the class's own again
 
 
 def audit_values(action: str) -> dict[str, Any]:
@@ -435,7 +437,7 @@ def write_while_the_first_insert_is_held(
     writer = audit.AuditWriter(platform.db)
 
     async def main() -> int:
-        held = HeldInserts(platform)
+        held = HeldInserts(writer)
         try:
             tasks = [asyncio.ensure_future(writer.write(first))]
             await held.started.wait()

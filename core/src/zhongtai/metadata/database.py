@@ -94,7 +94,8 @@ class _Compiled:
             for bind, name in compiled.bind_names.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
-        self.columns = getattr(statement, "exported_columns", None)
+        returned = getattr(statement, "exported_columns", None)
+        self.columns = list(returned) if returned else None  # None: the statement returns no rows
         self.results: list[Any] | None = None  # at the first row: see row()
 
     def parameters(self, params: Mapping[str, Any]) -> Any:
@@ -125,8 +126,9 @@ class _Compiled:
 
 
 class DriverStatements:
-    """What :meth:`Database.driver_autocommit` yields: Core statements run straight on
-    the DBAPI connection, each committing by itself."""
+    """Core statements run straight on the DBAPI connection under a SQLAlchemy
+    connection: each committing by itself (:meth:`Database.driver_autocommit`), or in
+    a session's transaction (:meth:`Database.on_driver`)."""
 
     def __init__(self, db: Database, connection: Connection) -> None:
         self._db = db
@@ -135,7 +137,8 @@ class DriverStatements:
 
     def first(self, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run ``statement`` (built once, at import: it is compiled once and kept);
-        its first row, processed as SQLAlchemy's result would be, or None."""
+        its first row, processed as SQLAlchemy's result would be, or None (always for
+        a statement that returns no rows)."""
         compiled = self._db._compiled(statement)
         values = compiled.parameters(params)
         dialect = self._db.engine.dialect
@@ -167,7 +170,8 @@ class DriverStatements:
         return row
 
     def emit(self, event: Event) -> None:
-        """Record ``event`` to be delivered when the block ends without an error."""
+        """Record ``event`` to be delivered when the block ends without an error (on a
+        session's transaction, use :func:`~zhongtai.hooks.events.emit` on the session)."""
         self.events.append(event)
 
 
@@ -286,6 +290,12 @@ class Database:
                 if not done:
                     self._drop_kept(True)
         self._deliver(statements.events)
+
+    def on_driver(self, session: Session) -> DriverStatements:
+        """Core statements run straight on the driver in ``session``'s transaction (see
+        :meth:`driver_autocommit`), for a statement on every request's path. The
+        session does not see what they write: add or refresh the objects yourself."""
+        return DriverStatements(self, session.connection())
 
     @contextlib.contextmanager
     def _session(self, *, autocommit: bool, kept: bool) -> Iterator[Session]:
