@@ -316,3 +316,23 @@ def test_the_driver_recovers_when_the_server_drops_its_connection(typed) -> None
             statements.first(_NOTE_ONCE, {})
             assert statements.first(pid_of, {}) != pid
     assert bodies(database) == ["once"]
+
+
+def test_driver_statements_in_a_session_commit_and_deliver_with_it(typed) -> None:
+    """``on_driver``: the statement is part of the session's transaction, and so are
+    its events: both go if the transaction rolls back."""
+    database, delivered = typed
+    with pytest.raises(RuntimeError), database.transaction() as session:
+        statements = database.on_driver(session)
+        statements.first(_NOTE_ONCE, {})
+        statements.emit(Noted(note="undone"))
+        assert bodies(database) == []  # not committed yet
+        raise RuntimeError("boom")
+    assert bodies(database) == [] and delivered == []
+    with database.transaction() as session:
+        statements = database.on_driver(session)
+        statements.first(_NOTE_ONCE, {})
+        statements.emit(Noted(note="once"))
+        assert delivered == []
+    assert bodies(database) == ["once"]
+    assert [event.note for event in delivered] == ["once"]

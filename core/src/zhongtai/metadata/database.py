@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
-from zhongtai.hooks.events import Event, take_pending
+from zhongtai.hooks.events import Event, emit, take_pending
 
 log = logging.getLogger("zhongtai.db")
 
@@ -130,9 +130,12 @@ class DriverStatements:
     connection: each committing by itself (:meth:`Database.driver_autocommit`), or in
     a session's transaction (:meth:`Database.on_driver`)."""
 
-    def __init__(self, db: Database, connection: Connection) -> None:
+    def __init__(
+        self, db: Database, connection: Connection, session: Session | None = None
+    ) -> None:
         self._db = db
         self._connection = connection
+        self._session = session
         self.events: list[Event] = []
 
     def first(self, statement: Executable, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -170,9 +173,12 @@ class DriverStatements:
         return row
 
     def emit(self, event: Event) -> None:
-        """Record ``event`` to be delivered when the block ends without an error (on a
-        session's transaction, use :func:`~zhongtai.hooks.events.emit` on the session)."""
-        self.events.append(event)
+        """Record ``event`` to be delivered when the block ends without an error; on a
+        session's transaction, when it commits (as :func:`~zhongtai.hooks.events.emit`)."""
+        if self._session is not None:
+            emit(self._session, event)
+        else:
+            self.events.append(event)
 
 
 class Database:
@@ -295,7 +301,7 @@ class Database:
         """Core statements run straight on the driver in ``session``'s transaction (see
         :meth:`driver_autocommit`), for a statement on every request's path. The
         session does not see what they write: add or refresh the objects yourself."""
-        return DriverStatements(self, session.connection())
+        return DriverStatements(self, session.connection(), session)
 
     @contextlib.contextmanager
     def _session(self, *, autocommit: bool, kept: bool) -> Iterator[Session]:
