@@ -681,6 +681,80 @@ def test_on_postgresql_a_job_no_plugin_policy_decides_is_claimed_in_one_statemen
         assert done[1]["id"] in claim_path
 
 
+@pytest.mark.postgres_only
+def test_on_postgresql_a_claim_alone_commits_without_waiting_for_the_disk(jobs_app):
+    """``zt_claim_job`` turns ``synchronous_commit`` off for its own transaction (a lost
+    claim is recovered: see the next test); the setting ends with it, so the attempt's
+    outcome, on the same connection, waits for the flush as every other write does."""
+    from sqlalchemy import text
+
+    with jobs_app(reconcile_interval=3600) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        job = parked(client, headers, project.id, a=1, b=1)
+        with platform.db.transaction() as session:  # queued, never dispatched
+            row = session.get(Job, job["id"])
+            row.status, row.run_at = "queued", None
+        claim = text("SELECT id FROM zt_claim_job(:id, 'test-worker', now(), 10, :types)")
+        with platform.db.engine.connect() as conn:
+
+            def setting() -> str | None:
+                return conn.scalar(text("SHOW synchronous_commit"))
+
+            with conn.begin():
+                before = setting()
+            with conn.begin():
+                claimed = conn.execute(claim, {"id": job["id"], "types": ["demo.add"]}).all()
+                assert [r.id for r in claimed] == [job["id"]]
+                assert setting() == "off"
+            with conn.begin():
+                assert setting() == before
+            with conn.begin():  # nothing claimed (no longer queued): nothing changed
+                assert conn.execute(claim, {"id": job["id"], "types": ["demo.add"]}).all() == []
+                assert setting() == before
+        with platform.db.transaction() as session:
+            row = session.get(Job, job["id"])
+            assert (row.status, row.attempts, row.worker) == ("running", 1, "test-worker")
+
+
+def test_a_claim_lost_after_it_was_made_runs_the_job_again(jobs_app):
+    """What a PostgreSQL crash can do to a claim that had not reached the disk: the row
+    is as it was submitted, while its handler runs. The attempt's outcome finds no
+    running attempt and is dropped, and the reconciler queues the job again, which
+    then runs (at least once) and succeeds with one attempt counted."""
+    from zhongtai.jobs.engine import QUEUED_GRACE, jobs_engine
+
+    with jobs_app(reconcile_interval=3600) as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+        job = submit(
+            client,
+            headers,
+            type="demo.add",
+            project=project.id,
+            params={"a": 4, "b": 5, "sleep": 0.5},
+        ).json()
+        wait_for(client, headers, job["id"], {"running"})
+        with platform.db.transaction() as session:
+            row = session.get(Job, job["id"])
+            row.status, row.attempts, row.worker = "queued", 0, None
+            row.started_at = row.heartbeat_at = None
+            row.created_at -= QUEUED_GRACE  # past the time the reconciler leaves it be
+        deadline = time.monotonic() + 10
+        while ATTEMPTS.get(job["id"]) != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ATTEMPTS.get(job["id"]) == 1
+        time.sleep(0.3)  # its outcome is written, or dropped, by now
+        lost = client.get(f"{JOBS}/{job['id']}", headers=headers).json()
+        assert (lost["status"], lost["attempts"], lost["result"]) == ("queued", 0, None), lost
+        assert jobs_engine(platform).reconcile()["redispatched"] == 1
+        done = wait_for(client, headers, job["id"])
+        assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"sum": 9})
+        assert ATTEMPTS[job["id"]] == 2
+
+
 def test_policy_job_types_are_what_plugins_declare(jobs_app, monkeypatch):
     """The job types plugin policies decide, as they declare them (``admits_only``): the
     train plugin's GPU quota its counted types; one policy that declares nothing makes

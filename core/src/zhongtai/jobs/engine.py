@@ -430,7 +430,7 @@ class JobEngine:
     def _claim_at_once(
         self, job_id: str, worker: str, types: list[str]
     ) -> tuple[JobType, Job, BaseModel] | None:
-        """The common claim in one statement (``zt_claim_job``, migration 0008): the
+        """The common claim in one statement (``zt_claim_job``, migrations 0008 and 0009): the
         row, the project's lock and the count of its running jobs under that lock, all
         in the function, committed by itself. No row back: anything but a plain start
         (not queued, the project at its limit), which the caller decides the long way."""
