@@ -101,7 +101,7 @@ class _Compiled:
     def parameters(self, params: Mapping[str, Any]) -> Any:
         """``params`` with the statement's literal values added, processed, in the
         driver's style."""
-        values = self.compiled.construct_params(dict(params))
+        values = self.compiled.construct_params(params)  # a new dict: params untouched
         for name, processor in self.binds.items():
             values[name] = processor(values[name])
         if self.positions is None:
@@ -292,9 +292,7 @@ class Database:
             if pooled:
                 conn.close()
             else:
-                self._kept.busy.discard(True)
-                if not done:
-                    self._drop_kept(True)
+                self._give_back_kept(True, ok=done)
         self._deliver(statements.events)
 
     def on_driver(self, session: Session) -> DriverStatements:
@@ -350,6 +348,13 @@ class Database:
         kept.busy.add(autocommit)
         return conn
 
+    def _give_back_kept(self, autocommit: bool, *, ok: bool) -> None:
+        """End a block on this thread's kept connection of that kind: free for the
+        next block, or closed if the block raised (its state is unknown)."""
+        self._kept.busy.discard(autocommit)
+        if not ok:
+            self._drop_kept(autocommit)
+
     def _drop_kept(self, autocommit: bool) -> None:
         conn = self._kept.connections.pop(autocommit, None)
         if conn is not None:
@@ -368,11 +373,9 @@ class Database:
                 session.flush()
             committed = True
         finally:
-            self._kept.busy.discard(autocommit)
             pending = take_pending(session)
             session.close()
-            if not committed:
-                self._drop_kept(autocommit)
+            self._give_back_kept(autocommit, ok=committed)
         self._deliver(pending)
 
     def session(self) -> Session:
