@@ -262,15 +262,21 @@ def machine() -> str:
 
 
 def enqueue_as_platform(queue: Any, function: str, job_id: str, timeout: int, ttl: int) -> None:
-    """Enqueue ``function(job_id)`` on an RQ ``queue`` with the arguments the platform's
-    rq driver passes (zhongtai.jobs.queue.rq.RQQueue.dispatch): what the baselines of
-    bench/jobs.py do per job, so that RQ's share of the work is the same."""
-    queue.enqueue_call(
-        function,
-        args=(job_id,),
-        job_id=job_id,
-        timeout=timeout,
-        result_ttl=ttl,
-        failure_ttl=ttl,
-        description=f"bench job {job_id}",
+    """Enqueue ``function(job_id)`` on an RQ ``queue`` with the call and the arguments
+    the platform's rq driver uses for one job (zhongtai.jobs.queue.rq.RQQueue.dispatch:
+    ``enqueue_many``, one round trip): what the baselines of bench/jobs.py do per job,
+    so that RQ's share of the work is the same. (The driver sends the jobs of
+    concurrent requests together; the baselines enqueue one at a time.)"""
+    queue.enqueue_many(
+        [
+            queue.prepare_data(
+                function,
+                args=(job_id,),
+                job_id=job_id,
+                timeout=timeout,
+                result_ttl=ttl,
+                failure_ttl=ttl,
+                description=f"bench job {job_id}",
+            )
+        ]
     )

@@ -8,8 +8,9 @@ scenario, an API key):
 * **plain RQ** — the baseline: two ``rq worker -w rq.worker.SimpleWorker
   --serializer rq.serializers.JSONSerializer`` processes (the worker class and
   serializer ``zhongtai worker`` uses) run ``_noop.noop`` (bench/_noop.py, does
-  nothing); the bench enqueues N jobs one ``enqueue_call`` at a time, with the
-  arguments the platform's driver passes. Time: first enqueue → the last job's
+  nothing); the bench enqueues N jobs one at a time, with the call
+  (``enqueue_many`` of one job) and the arguments the platform's driver uses for a
+  job dispatched alone. Time: first enqueue → the last job's
   ``ended_at`` in Redis.
 * **rq** — ``zhongtai serve`` (``ZHONGTAI_JOBS__QUEUE=rq``) and two ``zhongtai
   worker`` processes on the same Redis (database 13 by default, names of the run's

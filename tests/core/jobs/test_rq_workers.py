@@ -271,3 +271,118 @@ def test_the_reconciler_runs_once_per_interval_among_processes_sharing_redis() -
         assert turn(process(unreachable), 0.5)
     finally:
         redis.delete(f"{prefix}:turn:reconcile")
+
+
+def _driver(redis_url: str) -> Any:
+    """An rq driver of its own (queue names of its own) on ``redis_url``, for the driver
+    alone: no engine runs."""
+    import secrets
+    from types import SimpleNamespace
+
+    from zhongtai.jobs.hub import LogHub
+    from zhongtai.jobs.queue.rq import RQQueue
+
+    settings = SimpleNamespace(queue_prefix=f"zt-test-{secrets.token_hex(4)}", redis_url=redis_url)
+    engine = SimpleNamespace(settings=settings, hub=LogHub(), node="test", types=[])
+    return RQQueue(engine)  # type: ignore[arg-type]
+
+
+def _all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` in threads released together; what each returned or raised."""
+    import threading
+
+    start = threading.Barrier(len(calls))
+    outcomes: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = calls[i]()
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+@needs_redis
+def test_dispatches_made_at_once_go_to_redis_together() -> None:
+    """Requests that dispatch at the same moment share a round trip: those that arrive
+    while one is in flight go in the next, all queues in one MULTI/EXEC. Each job is
+    then in its priority's queue once, a job dispatched twice in one round too."""
+    from rq import Queue
+
+    url = redis_for_tests()
+    assert url is not None
+    driver = _driver(url)
+    rounds: list[list[str]] = []
+    send = driver._together._send
+
+    def slow_first_round(batch: list[Any]) -> None:
+        rounds.append([data.job_id for _name, data in batch])
+        if len(rounds) == 1:
+            time.sleep(0.3)  # the others arrive meanwhile
+        send(batch)
+
+    driver._together._send = slow_first_round
+    ids = [f"together-{i}" for i in range(16)]
+    calls = [
+        (lambda job_id=job_id, i=i: driver.dispatch(job_id, "default", 1 if i % 4 == 0 else 0, 30))
+        for i, job_id in enumerate(ids)
+    ]
+    calls.append(lambda: driver.dispatch(ids[5], "default", 0, 30))  # dispatched twice
+    try:
+        assert _all_at_once(calls) == [None] * len(calls)
+        assert sorted(j for r in rounds for j in r) == sorted([*ids, ids[5]])
+        assert 2 <= len(rounds) < len(calls) and max(len(r) for r in rounds) > 1, rounds
+        high = driver.rq_queue(driver.queue_name("default", "high"))
+        normal = driver.rq_queue(driver.queue_name("default", "normal"))
+        assert sorted(high.job_ids) == sorted(ids[0::4])
+        assert set(normal.job_ids) == {j for i, j in enumerate(ids) if i % 4}
+        # Twice in one round, enqueued once; in two rounds, twice, as any job dispatched
+        # again is (its claim runs it once).
+        shared = any(r.count(ids[5]) == 2 for r in rounds)
+        assert normal.job_ids.count(ids[5]) == (1 if shared else 2)
+        assert len(normal.job_ids) == len(ids) - len(ids[0::4]) + (0 if shared else 1)
+        job = high.fetch_job(ids[4])
+        assert job is not None and job.args == [ids[4]] and job.timeout == 30 + 60
+        # Alone, a dispatch is sent at once, in a round of its own.
+        rounds.clear()
+        driver.dispatch("alone", "default", 0, 30)
+        assert rounds == [["alone"]] and "alone" in normal.job_ids
+    finally:
+        for queue in (
+            Queue(driver.queue_name("default", b), connection=driver.redis)
+            for b in ("high", "normal")
+        ):
+            queue.delete(delete_jobs=True)
+
+
+def test_a_round_that_fails_fails_every_dispatch_in_it() -> None:
+    """Redis unreachable: each of the requests that dispatched together gets 503's
+    QueueUnavailable (the jobs stay queued in the database for the reconciler), and
+    the next dispatch tries Redis again."""
+    from zhongtai.jobs.queue.base import QueueUnavailable
+
+    driver = _driver("redis://127.0.0.1:1/0")  # nothing listens there
+    tried: list[int] = []
+    send = driver._together._send
+
+    def counted(batch: list[Any]) -> None:
+        tried.append(len(batch))
+        send(batch)
+
+    driver._together._send = counted
+    outcomes = _all_at_once(
+        [(lambda i=i: driver.dispatch(f"down-{i}", "default", 0, 30)) for i in range(6)]
+    )
+    assert all(isinstance(o, QueueUnavailable) for o in outcomes), outcomes
+    assert all("127.0.0.1:1" in str(o) for o in outcomes)
+    assert sum(tried) == 6
+    with pytest.raises(QueueUnavailable):
+        driver.dispatch("down-again", "default", 0, 30)
+    assert sum(tried) == 7

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rq.worker import SimpleWorker
@@ -78,6 +78,63 @@ def execute(job_id: str) -> str | None:
     return _engine.run(job_id, f"rq:{_engine.node}:{worker}")
 
 
+class _Waiting:
+    """One item handed to :class:`_Together`, and what became of its round."""
+
+    __slots__ = ("error", "item", "sent", "wake")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.wake = threading.Event()
+        self.sent = False
+        self.error: BaseException | None = None
+
+
+class _Together:
+    """Items that threads send at the same moment go in one call of ``send`` (group
+    commit). A thread alone sends at once, waiting for no one; one that arrives while
+    a round is in flight waits for it, then its own round goes with everything that
+    arrived meanwhile, sent by the first of them. No thread sends another round after
+    its own, so none is kept sending for the others under load. ``send`` gets a
+    round's items; what it raises is what each of them gets back."""
+
+    def __init__(self, send: Callable[[list[Any]], None]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._pending: list[_Waiting] = []
+        self._busy = False  # a round is being sent
+
+    def send(self, item: Any) -> BaseException | None:
+        """Send ``item`` (with whatever else is waiting); the error its round raised."""
+        waiting = _Waiting(item)
+        with self._lock:
+            self._pending.append(waiting)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            waiting.wake.wait()  # its round was sent, or it is to send the next one
+        if not waiting.sent:
+            self._round()
+        return waiting.error
+
+    def _round(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        error: BaseException | None = None
+        try:
+            self._send([w.item for w in batch])
+        except BaseException as exc:  # handed to every item of the round
+            error = exc
+        with self._lock:
+            following = self._pending[0] if self._pending else None
+            self._busy = following is not None
+        for waiting in batch:
+            waiting.error, waiting.sent = error, True
+            waiting.wake.set()
+        if following is not None:
+            following.wake.set()  # not sent: it sends the next round
+
+
 class RQQueue(QueueDriver):
     name: ClassVar[str] = "rq"
     runs_in_process: ClassVar[bool] = False
@@ -95,6 +152,7 @@ class RQQueue(QueueDriver):
         self._lock = threading.Lock()
         self._last_ok = 0.0  # monotonic time Redis last answered
         self._turn: Any = None  # the take_turn script, registered at first use
+        self._together = _Together(self._enqueue)
         from zhongtai.jobs.hub import Relay
 
         # Live log lines cross processes through Redis pub/sub (the database has them all).
@@ -121,22 +179,43 @@ class RQQueue(QueueDriver):
     # -- the driver interface ------------------------------------------------------
 
     def dispatch(self, job_id: str, queue: str, priority: int, timeout: int) -> None:
+        """Enqueue the job's RQ job. Dispatches made at once by several threads (the
+        server's requests) go to Redis together: see :class:`_Together`."""
         from redis.exceptions import RedisError
+        from rq import Queue
 
-        try:
-            self.rq_queue(self.queue_name(queue, band(priority))).enqueue_call(
-                EXECUTE,
-                args=(job_id,),
-                job_id=job_id,
-                timeout=int(timeout) + RQ_TIMEOUT_MARGIN,
-                result_ttl=RESULT_TTL,
-                failure_ttl=RESULT_TTL,
-                description=f"platform job {job_id}",
-            )
-        except RedisError as exc:
+        data = Queue.prepare_data(
+            EXECUTE,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=int(timeout) + RQ_TIMEOUT_MARGIN,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            description=f"platform job {job_id}",
+        )
+        error = self._together.send((self.queue_name(queue, band(priority)), data))
+        if isinstance(error, RedisError):
             self._last_ok = 0.0
-            raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
+            raise QueueUnavailable(f"Redis at {self._where()}: {error}") from error
+        if error is not None:
+            raise RuntimeError(f"job {job_id} not enqueued: {error!r}") from error
         self._last_ok = time.monotonic()
+
+    def _enqueue(self, batch: list[tuple[str, Any]]) -> None:
+        """Enqueue ``(RQ queue name, RQ's job data)`` pairs in one MULTI/EXEC: each
+        queue's jobs with ``enqueue_many`` (one round trip; ``enqueue_call`` takes two,
+        for a job of its own). A job dispatched twice in the batch (a request and the
+        reconciler, say) is enqueued once."""
+        by_queue: dict[str, list[Any]] = {}
+        seen: set[str] = set()
+        for name, data in batch:
+            if data.job_id not in seen:
+                seen.add(data.job_id)
+                by_queue.setdefault(name, []).append(data)
+        with self.redis.pipeline() as pipe:
+            for name, datas in by_queue.items():
+                self.rq_queue(name).enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
 
     def missing(self, job_ids: Sequence[str]) -> set[str]:
         from redis.exceptions import RedisError
