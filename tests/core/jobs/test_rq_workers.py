@@ -386,3 +386,30 @@ def test_a_round_that_fails_fails_every_dispatch_in_it() -> None:
     with pytest.raises(QueueUnavailable):
         driver.dispatch("down-again", "default", 0, 30)
     assert sum(tried) == 7
+
+
+@needs_redis
+def test_a_worker_waits_for_jobs_longer_than_the_drivers_socket_timeout() -> None:
+    """RQ waits for the next job up to its dequeue timeout and can lengthen only the
+    socket timeout of connections not yet opened: the worker's client is its own, so
+    every connection its wait can take outlasts the wait (on the driver's client, opened
+    with 5 s, an idle worker's wait failed every 5 s and RQ backed off up to a minute)."""
+    from zhongtai.jobs.queue.rq import PlatformWorker
+
+    url = redis_for_tests()
+    assert url is not None
+    driver = _driver(url)
+    driver.redis.ping()  # as at start-up: the driver's client has a connection open
+    assert driver.redis.connection_pool.connection_kwargs["socket_timeout"] == 5
+    worker = PlatformWorker(
+        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
+    )
+    worker.connection.ping()
+    pool = worker.connection.connection_pool
+    opened = [*pool._available_connections, *pool._in_use_connections]
+    assert opened, "the worker's ping opened no connection"
+    assert all(c.socket_timeout > worker.dequeue_timeout for c in opened), [
+        (c.socket_timeout, worker.dequeue_timeout) for c in opened
+    ]
+    # The driver's client keeps its short timeout: a server's request never hangs.
+    assert all(c.socket_timeout == 5 for c in driver.redis.connection_pool._available_connections)

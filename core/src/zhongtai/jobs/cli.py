@@ -64,7 +64,8 @@ def worker(queues: tuple[str, ...], burst: bool, name: str | None) -> None:
         click.echo(f"zhongtai worker: taking jobs from {', '.join(names)}")
         # Jobs run in this thread: it keeps its database connections between them.
         with platform.db.keeping():
-            PlatformWorker(names, connection=driver.redis, name=name).work(burst=burst)
+            worker = PlatformWorker(names, connection=driver.worker_redis(), name=name)
+            worker.work(burst=burst)
     finally:
         set_engine(None)
         asyncio.run(manager.acall_each("shutdown", unload=False, platform=platform))

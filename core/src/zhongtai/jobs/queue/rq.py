@@ -287,6 +287,17 @@ class RQQueue(QueueDriver):
             raise QueueUnavailable(f"Redis at {self._where()}: {exc}") from exc
         self._last_ok = time.monotonic()
 
+    def worker_redis(self) -> Redis:
+        """A Redis client for this process's RQ worker. RQ waits for the next job for up
+        to its dequeue timeout (minutes) and raises its client's socket timeout above
+        that, which holds only for connections opened afterwards. On the driver's own
+        client (5 s, opened already) each wait failed after 5 s as a lost connection,
+        and RQ slept 1, 2, 4… up to 60 s before waiting again: a job submitted to an
+        idle worker could wait that long."""
+        from redis import Redis
+
+        return Redis.from_url(self.engine.settings.redis_url, socket_connect_timeout=2)
+
     def types_key(self) -> str:
         return f"{self.prefix}:job-types"
 
