@@ -7,12 +7,15 @@ nothing else is, and ``/healthz`` keeps answering quickly throughout.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,35 +29,44 @@ from zhongtai.testing import ZtIdentity, serve_in_thread
 FLOOD = 1000
 PER_SECOND = 40
 PENDING = 30
+CLIENTS = 20
 
 
-async def flood(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    """``FLOOD`` concurrent submissions; meanwhile another thread (a client of its own,
-    so that it does not queue behind the flood's) times ``/healthz``."""
+def flood(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    """``FLOOD`` concurrent submissions from a process of its own (``flood_client.py``,
+    which says why); meanwhile a thread here times ``/healthz``."""
     done = threading.Event()
-    health: list[float] = []
+    probes: list[tuple[float, float]] = []
 
     def probe() -> None:
         with httpx.Client(base_url=url, timeout=60) as client:
             while not done.is_set():
-                started = time.perf_counter()
+                started = time.monotonic()
                 answer = client.get("/healthz")
                 assert answer.status_code == 200, answer.text
-                health.append(time.perf_counter() - started)
+                probes.append((started, time.monotonic()))
                 time.sleep(0.02)
 
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
-    limits = httpx.Limits(max_connections=FLOOD, max_keepalive_connections=FLOOD)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        started = time.perf_counter()
-        answers = await asyncio.gather(
-            *(client.post("/api/v1/jobs", json=body, headers=headers) for _ in range(FLOOD))
+    spec = {"url": url, "headers": headers, "body": body, "count": FLOOD, "clients": CLIENTS}
+    try:
+        child = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("flood_client.py"))],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
-        seconds = time.perf_counter() - started
-    done.set()
-    prober.join(60)
-    return {"answers": answers, "health": health, "seconds": seconds}
+    finally:
+        done.set()
+        prober.join(60)
+    assert child.returncode == 0, child.stderr
+    result: dict[str, Any] = json.loads(child.stdout)
+    # The probes that overlapped the flood, as (start, seconds taken).
+    started, ended = result["started"], result["ended"]
+    health = [(sent, back - sent) for sent, back in probes if back > started and sent < ended]
+    return {**result, "seconds": ended - started, "health": health}
 
 
 @pytest.mark.zt_plugins("hello")
@@ -74,28 +86,28 @@ def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
         # Scheduled an hour ahead: every accepted job stays pending, on both drivers.
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         body = {"type": "hello.noop", "project": project.id, "run_at": later}
-        result = asyncio.run(flood(url, headers, body))
+        result = flood(url, headers, body)
 
-    answers: list[httpx.Response] = result["answers"]
-    statuses = [a.status_code for a in answers]
+    answers: list[dict[str, Any]] = result["answers"]
+    statuses = [a["status"] for a in answers]
     assert set(statuses) <= {201, 429}, sorted(set(statuses))
-    refused = [a for a in answers if a.status_code == 429 and "waiting" in a.json()["detail"]]
-    limited = [a for a in answers if a.status_code == 429 and a not in refused]
+    refused = [a for a in answers if a["status"] == 429 and "waiting" in a["body"]["detail"]]
+    limited = [a for a in answers if a["status"] == 429 and a not in refused]
     assert limited, "the rate limit never answered"
     assert refused, "admission never refused"
     for answer in limited:
-        assert answer.headers["RateLimit-Limit"] == str(PER_SECOND)
-        assert answer.headers["RateLimit-Remaining"] == "0"
-        assert int(answer.headers["Retry-After"]) >= 1
-        assert answer.json()["status"] == 429
+        assert answer["headers"]["RateLimit-Limit"] == str(PER_SECOND)
+        assert answer["headers"]["RateLimit-Remaining"] == "0"
+        assert int(answer["headers"]["Retry-After"]) >= 1
+        assert answer["body"]["status"] == 429
     for answer in refused:
-        assert answer.headers["Retry-After"] == "5"
-        assert f"limit {PENDING}" in answer.json()["detail"]
+        assert answer["headers"]["Retry-After"] == "5"
+        assert f"limit {PENDING}" in answer["body"]["detail"]
     # The limit holds per second: no window let more than its share through.
     assert len(answers) - len(limited) <= PER_SECOND * (1 + result["seconds"]), result
 
     # Every 201 is a job, and no refused submission left one behind.
-    accepted = {a.json()["id"] for a in answers if a.status_code == 201}
+    accepted = {a["body"]["id"] for a in answers if a["status"] == 201}
     with platform.db.transaction() as session:
         stored = set(session.scalars(select(Job.id).where(Job.project_id == project.id)))
         assert session.scalar(select(func.count()).select_from(Job)) == len(stored)
@@ -111,13 +123,10 @@ def test_a_flood_of_submissions_gets_429s_and_health_stays_fast(
     # room for one more, never many more.
     assert PENDING <= len(accepted) <= PENDING + 8, len(accepted)
 
-    health: list[float] = result["health"]
-    assert len(health) >= 5, health
-    # On a loaded two-core machine the probes sent while the server accepts the
-    # thousand connections at once (up to about two seconds) may wait behind them,
-    # three of 51 in one run; health is fast when nearly every probe is, and no probe
-    # ever waits anywhere near a client's timeout.
-    assert statistics.median(health) < 0.25, sorted(health)
-    slow = [seconds for seconds in health if seconds > 1.0]
-    assert len(slow) <= max(3, len(health) // 20), sorted(health)
-    assert max(health) < 5.0, sorted(health)
+    # Probes went on throughout the flood. With the flood's client in a process of its
+    # own, the slowest probe took 0.08 s on an idle two-core machine and 0.18 s with
+    # three busy processes beside it; a Kubernetes probe gives up after 1 s by default.
+    health = [seconds for _, seconds in result["health"]]
+    assert len(health) >= 0.5 * result["seconds"] / 0.02, (len(health), result["seconds"])
+    assert statistics.median(health) < 0.1, sorted(health)
+    assert max(health) < 1.0, sorted(health)
