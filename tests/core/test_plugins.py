@@ -313,3 +313,34 @@ def test_async_register_hook_works_inside_a_running_loop(zt_register_plugin, zt_
 
     platform = asyncio.run(build()).state["platform"]
     assert platform.plugin_settings("asyncset").count == 3
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @zhongtai.hookimpl
+    def on_event(self, event):
+        self.seen.append(event.name)
+
+
+def test_events_reach_the_plugins_loaded_now_and_not_an_unloaded_one():
+    """Event delivery keeps its list of handlers between events; loading or unloading
+    a plugin changes who gets the next one."""
+    from zhongtai.hooks.events import Event
+    from zhongtai.hooks.manager import PluginManager
+
+    class Ping(Event):
+        name = "test.ping"
+
+    first, second, late = Listener(), Listener(), Listener()
+    manager = PluginManager()
+    manager.load(
+        discover=False, only=["first", "second"], extra=[("first", first), ("second", second)]
+    )
+    manager.dispatch_event(Ping(), platform=None)
+    manager.unload("first", "test: unloaded")
+    manager.dispatch_event(Ping(), platform=None)
+    manager.load(discover=False, only=["late"], extra=[("late", late)])
+    manager.dispatch_event(Ping(), platform=None)
+    assert (first.seen, second.seen, late.seen) == (["test.ping"], ["test.ping"] * 3, ["test.ping"])

@@ -97,6 +97,9 @@ class PluginManager:
         self.records: dict[str, PluginRecord] = {}
         # entry-point name -> module of every installed plugin, loaded or not
         self._installed: dict[str, str] = {}
+        # (plugin name, on_event function, its argument names), in load order: an event
+        # is dispatched several times per job. Rebuilt when a plugin loads or unloads.
+        self._event_handlers: list[tuple[str, Any, Sequence[str]]] | None = None
 
     # -- loading -----------------------------------------------------------
 
@@ -221,6 +224,7 @@ class PluginManager:
         if unknown:
             self._fail(name, "; ".join(unknown), **meta)
             return False
+        self._event_handlers = None
         try:
             self._pm.register(obj, name=name)
         except Exception as exc:
@@ -323,6 +327,7 @@ class PluginManager:
         if record.obj is not None and self._pm.is_registered(record.obj):
             self._pm.unregister(record.obj)
         record.obj = None
+        self._event_handlers = None
         record.error = error
         log.error("unloaded plugin %s: %s", name, error)
         if self.strict:
@@ -375,15 +380,19 @@ class PluginManager:
 
     def dispatch_event(self, event: Event, platform: Platform) -> None:
         """Deliver one event to every ``on_event`` implementation, each isolated."""
-        for record in self.loaded():
-            impl = self._impl_of("on_event", record)
-            if impl is None:
-                continue
-            args = {"event": event, "platform": platform}
+        handlers = self._event_handlers
+        if handlers is None:
+            handlers = self._event_handlers = [
+                (record.name, impl.function, impl.argnames)
+                for record in self.loaded()
+                if (impl := self._impl_of("on_event", record)) is not None
+            ]
+        args = {"event": event, "platform": platform}
+        for name, function, argnames in handlers:
             try:
-                resolve_sync(impl.function(*[args[a] for a in impl.argnames]))
+                resolve_sync(function(*[args[a] for a in argnames]))
             except Exception:
-                log.exception("plugin %s: on_event(%s) failed", record.name, event.name)
+                log.exception("plugin %s: on_event(%s) failed", name, event.name)
 
     def _impl_of(self, hook: str, record: PluginRecord) -> pluggy.HookImpl | None:
         caller = getattr(self._pm.hook, hook)
