@@ -854,6 +854,124 @@ def test_live_stream_follows_a_running_job(env):
     assert events[-1][2]["status"] == "succeeded"
 
 
+@pytest.fixture
+def long_way(monkeypatch: pytest.MonkeyPatch, demo: DemoJobs) -> list[str]:
+    """Submissions in one autocommit INSERT (``submit_at_once``) and the long way: the
+    demo policy declares (``admits_only``) that it decides ``demo.once`` alone, so
+    other demo types may go at once; returns the ids the long way (``submit`` in a
+    transaction) wrote."""
+    from zhongtai.jobs.engine import JobEngine
+
+    monkeypatch.setattr(
+        DemoJobs.admit_job, "zhongtai_admits", frozenset({"demo.once"}), raising=False
+    )
+    ids: list[str] = []
+    submit_in_transaction = JobEngine.submit
+
+    def counted(self: JobEngine, session: Any, **kwargs: Any) -> Any:
+        job = submit_in_transaction(self, session, **kwargs)
+        ids.append(job.id)
+        return job
+
+    monkeypatch.setattr(JobEngine, "submit", counted)
+    return ids
+
+
+def test_a_plain_submission_is_one_insert_and_the_rest_take_the_long_way(jobs_app, demo, long_way):
+    """A submission with nothing but the row to write (no Idempotency-Key, no parent, no
+    ``check``, no plugin policy for its type, a project the core's tally knows to be far
+    below its limits) is one INSERT committing by itself; the first in a project (the
+    tally has not counted yet), a declared type's, one with a key and one with a parent
+    take the long way. Each is a 201, a row, an audit entry and a ``job.submitted``
+    event, and runs."""
+    from sqlalchemy import func
+
+    from zhongtai.identity.models import AuditEvent
+
+    with jobs_app() as (client, identity):
+        user, project = identity.project_with("developer")
+        headers = identity.headers(user)
+        platform = client.app.state["platform"]
+
+        def post(job_type: str = "demo.add", extra: dict[str, str] | None = None, **body: Any):
+            answer = client.post(
+                JOBS,
+                json={"type": job_type, "project": project.id, "params": {"a": 1, "b": 1}, **body},
+                headers={**headers, **(extra or {})},
+            )
+            assert answer.status_code == 201, answer.text
+            return answer.json()["id"]
+
+        first = post()
+        at_once = [post(), post()]
+        declared = post("demo.once")
+        keyed = post(extra={"Idempotency-Key": "k-1"})
+        child = post(parent=first)
+        assert long_way == [first, declared, keyed, child]
+        every = [first, *at_once, declared, keyed, child]
+        done = [wait_for(client, headers, job_id) for job_id in every]
+        assert {d["status"] for d in done} == {"succeeded"}, done
+        assert [d["result"] for d in done] == [{"sum": 2}] * len(every)
+        for job_id in every:
+            assert ("job.submitted", job_id) in demo.events
+        with platform.db.transaction() as session:
+            stored = session.scalars(select(Job).where(Job.id.in_(at_once))).all()
+            assert {j.owner_id for j in stored} == {user.id} and len(stored) == 2
+            audited = session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "job.submit", AuditEvent.target_id.in_(every))
+            )
+        assert audited == len(every)
+        # The same key again: the first job, the long way (it looks the key up).
+        repeat = client.post(
+            JOBS,
+            json={"type": "demo.add", "project": project.id, "params": {"a": 1, "b": 1}},
+            headers={**headers, "Idempotency-Key": "k-1"},
+        )
+        assert repeat.status_code == 200 and repeat.json()["id"] == keyed
+
+
+def test_submit_at_once_writes_nothing_where_something_else_must_decide(env, long_way):
+    """``submit_at_once`` answers None, having written nothing, for a type with a
+    ``check``, a type a plugin's policy decides, and a project the tally has not
+    counted (or counts near a limit); then the long way decides and writes."""
+    from zhongtai.identity.principal import Principal
+    from zhongtai.jobs.engine import jobs_engine
+
+    client, identity = env
+    user, project = identity.project_with("developer")
+    platform = client.app.state["platform"]
+    engine = jobs_engine(platform)
+    checked = JobType("demo.checked", add, AddParams, check=lambda *args: None)
+
+    def at_once(job_type: JobType, project_id: str = project.id) -> Any:
+        with platform.db.autocommit() as session:
+            return engine.submit_at_once(
+                session,
+                job_type=job_type,
+                project_id=project_id,
+                principal=Principal(user.id),
+                params=AddParams(a=1, b=1),
+            )
+
+    add_type = engine.types["demo.add"]
+    assert at_once(add_type) is None  # not counted yet
+    engine.tally.counted(project.id, "queued,held,scheduled", 0)
+    engine.tally.counted(project.id, "running,queued", 0)
+    assert at_once(checked) is None
+    assert at_once(engine.types["demo.once"]) is None
+    job = at_once(add_type)
+    assert job is not None and job.status == "queued" and job.project_id == project.id
+    # Near the limit the tally asks for a count: the long way decides.
+    limit = platform.settings.jobs.max_running_per_project
+    engine.tally.counted(project.id, "running,queued", limit)
+    assert at_once(add_type) is None
+    with platform.db.transaction() as session:
+        assert session.scalars(select(Job.id)).all() == [job.id]
+    assert long_way == []
+
+
 def test_a_rolled_back_submission_never_runs(env):
     client, identity = env
     user, project = identity.project_with("developer")

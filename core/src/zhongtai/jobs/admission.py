@@ -170,6 +170,28 @@ def _count_statement(statuses: tuple[str, ...]) -> Any:
     return select(func.count()).select_from(matching)
 
 
+# What the core's policy counts at submission (JobStatus values): jobs waiting, and jobs
+# running or about to.
+_WAITING = ("queued", "held", "scheduled")
+_BUSY_OR_ABOUT_TO = ("running", "queued")
+
+
+def admits_on_tally(tally: Tally, platform: Platform, project_id: str) -> bool:
+    """Whether the core's policy admits a submission to ``project_id`` on the tally's
+    estimates alone, as :func:`core_policy` would without a count: both fresh and far
+    below their limits (each then counts the job). False when either is due a count;
+    the caller then takes the way that asks every policy, which counts (an estimate
+    taken here may count the job twice meanwhile, which errs towards counting)."""
+    settings = platform.settings.jobs
+    return (
+        tally.estimate(project_id, ",".join(_WAITING), settings.max_pending_per_project) is not None
+        and tally.estimate(
+            project_id, ",".join(_BUSY_OR_ABOUT_TO), settings.max_running_per_project
+        )
+        is not None
+    )
+
+
 def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
     """The core's per-project limits (the jobs built-in plugin calls it last)."""
     from zhongtai.jobs.models import JobStatus
@@ -180,7 +202,7 @@ def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
 
     tally = platform.stash[JOBS].tally if JOBS in platform.stash else None
 
-    def count(limit: int, *statuses: JobStatus) -> int:
+    def count(limit: int, *statuses: str) -> int:
         """How many such jobs, counting no further than ``limit``: an index range scan
         that stops early, whatever the project's backlog. At submission, the tally's
         estimate instead while it is far below the limit."""
@@ -201,13 +223,13 @@ def core_policy(request: AdmissionRequest, platform: Platform) -> Admission:
     pending_limit = settings.max_pending_per_project
     running_limit = settings.max_running_per_project
     if request.phase == "submit":
-        waiting = count(pending_limit, JobStatus.queued, JobStatus.held, JobStatus.scheduled)
+        waiting = count(pending_limit, *_WAITING)
         if waiting >= pending_limit:
             return Admission.refuse(
                 f"the project has {waiting} jobs waiting (limit {pending_limit})"
             )
     if request.phase in ("submit", "release"):
-        busy = count(running_limit, JobStatus.running, JobStatus.queued)
+        busy = count(running_limit, *_BUSY_OR_ABOUT_TO)
     else:
         busy = count(running_limit, JobStatus.running)
     if busy >= running_limit:

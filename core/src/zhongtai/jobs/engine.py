@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -227,9 +228,92 @@ class JobEngine:
         """
         if job_type.check is not None:
             job_type.check(self.platform, session, project_id, params)
+        values = self._new_row(job_type, project_id, principal, params, priority, run_at, parent_id)
+        # The row goes in as one prebuilt Core INSERT, on the driver (the ORM's unit of
+        # work for it, then SQLAlchemy's execution of it, were each a fifth of the API's
+        # CPU per submitted job); the caller still gets a Job of its session, loaded as
+        # if just read, whose later changes its flush writes.
+        session.flush()  # what the caller added first (a row the job may refer to)
+        self.platform.db.on_driver(session).first(_INSERT, values)
+        job = Job(**values)
+        make_transient_to_detached(job)
+        session.add(job)
+        # No project lock here: concurrent submissions may each see the count below the
+        # limit and queue a few jobs too many; the limit on running jobs is exact where
+        # it matters, when a worker claims a job (under the lock).
+        decision = decide(self.platform, AdmissionRequest(job, job_type, "submit", session))
+        if decision.decision == "refuse":
+            raise JobRefused(decision.reason or "admission refused the job")
+        if decision.decision == "hold" and job.run_at is None:
+            job.status = str(JobStatus.held)
+            job.progress_message = decision.reason[:500]
+        emit(
+            session,
+            JobSubmitted(project=project_id, job_id=job.id, job_type=job.type, status=job.status),
+        )
+        return job
+
+    def submit_at_once(
+        self,
+        session: Session,
+        *,
+        job_type: JobType,
+        project_id: str,
+        principal: Principal | None,
+        params: BaseModel,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+    ) -> Job | None:
+        """The common submission as one ``INSERT`` that commits by itself, in
+        ``session`` (from :meth:`Database.autocommit`): no ``BEGIN`` and ``COMMIT``
+        round trips, and no transaction of the ORM's, around the one write a plain
+        submission makes. Only where nothing else could be decided or written with
+        it: the type has no ``check`` and no plugin's admission policy, and the core's
+        policy admits it on its tally alone (:func:`~zhongtai.jobs.admission.
+        admits_on_tally`). Otherwise None, and nothing is written: the caller then
+        uses :meth:`submit` in a transaction. The job is returned (not in the
+        session); :meth:`dispatch` it."""
+        from zhongtai.jobs.admission import admits_on_tally
+
+        if job_type.check is not None or not self._undecided_by_policies(job_type):
+            return None
+        if not admits_on_tally(self.tally, self.platform, project_id):
+            return None
+        values = self._new_row(job_type, project_id, principal, params, priority, run_at, None)
+        statements = self.platform.db.on_driver(session)
+        statements.first(_INSERT, values)
+        job = Job(**values)
+        statements.emit(
+            JobSubmitted(project=project_id, job_id=job.id, job_type=job.type, status=job.status)
+        )
+        return job
+
+    def _undecided_by_policies(self, job_type: JobType) -> bool:
+        """Whether no plugin's ``admit_job`` decides jobs of this type (the core's
+        own policy aside; see :func:`~zhongtai.jobs.admission.admits_only`)."""
+        guarded = self._policy_types
+        return guarded is not None and job_type.name not in guarded
+
+    @functools.cached_property
+    def _policy_types(self) -> frozenset[str] | None:
+        from zhongtai.jobs.admission import policy_job_types
+
+        return policy_job_types(self.platform)
+
+    def _new_row(
+        self,
+        job_type: JobType,
+        project_id: str,
+        principal: Principal | None,
+        params: BaseModel,
+        priority: int | None,
+        run_at: datetime | None,
+        parent_id: str | None,
+    ) -> dict[str, Any]:
+        """A new job's row, as :data:`_INSERT` takes it."""
         now = utcnow()
         run_at = run_at if run_at is not None and run_at > now else None
-        values: dict[str, Any] = {
+        return {
             "id": new_id(),
             "type": job_type.name,
             "project_id": project_id,
@@ -257,29 +341,6 @@ class JobEngine:
             "heartbeat_at": None,
             "finished_at": None,
         }
-        # The row goes in as one prebuilt Core INSERT, on the driver (the ORM's unit of
-        # work for it, then SQLAlchemy's execution of it, were each a fifth of the API's
-        # CPU per submitted job); the caller still gets a Job of its session, loaded as
-        # if just read, whose later changes its flush writes.
-        session.flush()  # what the caller added first (a row the job may refer to)
-        self.platform.db.on_driver(session).first(_INSERT, values)
-        job = Job(**values)
-        make_transient_to_detached(job)
-        session.add(job)
-        # No project lock here: concurrent submissions may each see the count below the
-        # limit and queue a few jobs too many; the limit on running jobs is exact where
-        # it matters, when a worker claims a job (under the lock).
-        decision = decide(self.platform, AdmissionRequest(job, job_type, "submit", session))
-        if decision.decision == "refuse":
-            raise JobRefused(decision.reason or "admission refused the job")
-        if decision.decision == "hold" and job.run_at is None:
-            job.status = str(JobStatus.held)
-            job.progress_message = decision.reason[:500]
-        emit(
-            session,
-            JobSubmitted(project=project_id, job_id=job.id, job_type=job.type, status=job.status),
-        )
-        return job
 
     def dispatch(self, jobs: Sequence[Job]) -> None:
         """Hand committed queued jobs to the queue (a failure is left to the reconciler);
