@@ -860,11 +860,15 @@ def long_way(monkeypatch: pytest.MonkeyPatch, demo: DemoJobs) -> list[str]:
     demo policy declares (``admits_only``) that it decides ``demo.once`` alone, so
     other demo types may go at once; returns the ids the long way (``submit`` in a
     transaction) wrote."""
+    from zhongtai.jobs.admission import Tally
     from zhongtai.jobs.engine import JobEngine
 
     monkeypatch.setattr(
         DemoJobs.admit_job, "zhongtai_admits", frozenset({"demo.once"}), raising=False
     )
+    # A count is trusted for a second; a stall that long on a loaded machine must not
+    # send a plain submission the long way.
+    monkeypatch.setattr(Tally, "FRESH", 60.0)
     ids: list[str] = []
     submit_in_transaction = JobEngine.submit
 
