@@ -199,9 +199,7 @@ def submit_job(
                     session.add(
                         JobIdempotency(caller=caller, key=key, request_hash=digest, job_id=job.id)
                     )
-                body = job_dict(job)
-        else:
-            body = job_dict(job)
+        body = job_dict(job)  # its attributes stay loaded after the commit
         access.audit(
             action="job.submit", target_kind="job", target_id=job.id, project_id=job.project_id
         )

@@ -296,6 +296,8 @@ class JobEngine:
 
     @functools.cached_property
     def _policy_types(self) -> frozenset[str] | None:
+        """What :func:`~zhongtai.jobs.admission.policy_job_types` says, asked once: the
+        plugins are loaded when the engine starts."""
         from zhongtai.jobs.admission import policy_job_types
 
         return policy_job_types(self.platform)
@@ -478,13 +480,10 @@ class JobEngine:
         those no plugin's admission policy decides (:func:`~zhongtai.jobs.admission.
         admits_only`), whose start the core's running limit alone decides."""
         if self._at_once_types is None:
-            from zhongtai.jobs.admission import policy_job_types
-
-            guarded = None if self.platform.db.is_embedded else policy_job_types(self.platform)
             self._at_once_types = (
                 []
-                if guarded is None
-                else sorted(t.name for t in self.types if t.name not in guarded)
+                if self.platform.db.is_embedded
+                else sorted(t.name for t in self.types if self._undecided_by_policies(t))
             )
         return self._at_once_types
 
