@@ -900,8 +900,6 @@ def test_a_plain_submission_is_one_insert_and_the_rest_take_the_long_way(jobs_ap
     tally has not counted yet), a declared type's, one with a key and one with a parent
     take the long way. Each is a 201, a row, an audit entry and a ``job.submitted``
     event, and runs."""
-    from sqlalchemy import func
-
     from zhongtai.identity.models import AuditEvent
 
     with jobs_app() as (client, identity):
@@ -933,12 +931,21 @@ def test_a_plain_submission_is_one_insert_and_the_rest_take_the_long_way(jobs_ap
         with platform.db.transaction() as session:
             stored = session.scalars(select(Job).where(Job.id.in_(at_once))).all()
             assert {j.owner_id for j in stored} == {user.id} and len(stored) == 2
-            audited = session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(AuditEvent.action == "job.submit", AuditEvent.target_id.in_(every))
+            audited = session.scalars(
+                select(AuditEvent).where(AuditEvent.target_id.in_(every))
+            ).all()
+        # One row each, alike whichever way it went (on PostgreSQL the short way writes
+        # it in the job's statement, the long way after the response).
+        assert sorted(row.target_id for row in audited) == sorted(every)
+        for row in audited:
+            assert (row.action, row.target_kind, row.project_id) == (
+                "job.submit",
+                "job",
+                project.id,
             )
-        assert audited == len(every)
+            assert (row.actor_user_id, row.outcome) == (user.id, "success")
+            assert row.client_addr is not None
+            assert row.detail == {"method": "POST", "path": JOBS, "status": 201}
         # The same key again: the first job, the long way (it looks the key up).
         repeat = client.post(
             JOBS,
@@ -985,6 +992,66 @@ def test_submit_at_once_writes_nothing_where_something_else_must_decide(env, lon
     assert at_once(add_type) is None
     with platform.db.transaction() as session:
         assert session.scalars(select(Job.id)).all() == [job.id]
+    assert long_way == []
+
+
+def test_a_job_and_its_audit_row_commit_together_or_not_at_all(env, long_way):
+    """On PostgreSQL the short way writes the request's audit row in the job's own
+    statement: a row the database refuses takes the job with it, and a good one
+    names the job."""
+    from sqlalchemy.exc import IntegrityError
+
+    from zhongtai.hooks.events import utcnow
+    from zhongtai.identity.models import AuditEvent
+    from zhongtai.identity.principal import Principal
+    from zhongtai.jobs.engine import jobs_engine
+    from zhongtai.metadata.ids import new_id
+
+    client, identity = env
+    user, project = identity.project_with("developer")
+    platform = client.app.state["platform"]
+    engine = jobs_engine(platform)
+    if not engine.audits_at_once:
+        pytest.skip("SQLite: the app writes the row after the response")
+    engine.tally.counted(project.id, "queued,held,scheduled", 0)
+    engine.tally.counted(project.id, "running,queued", 0)
+
+    def at_once(audit: dict[str, Any]) -> Any:
+        with platform.db.autocommit() as session:
+            return engine.submit_at_once(
+                session,
+                job_type=engine.types["demo.add"],
+                project_id=project.id,
+                principal=Principal(user.id),
+                params=AddParams(a=1, b=1),
+                audit=audit,
+            )
+
+    row = {
+        "id": new_id(),
+        "occurred_at": utcnow(),
+        "actor_user_id": user.id,
+        "actor_key_id": None,
+        "action": "job.submit",
+        "target_kind": "job",
+        "target_id": None,  # the job's id, which the engine fills in
+        "project_id": project.id,
+        "org_id": None,
+        "client_addr": "192.0.2.7",
+        "outcome": "success",
+        "detail": {"status": 201},
+    }
+    with pytest.raises(IntegrityError):
+        at_once({**row, "outcome": None})  # NOT NULL: the database refuses the audit row
+    with platform.db.transaction() as session:
+        assert session.scalars(select(Job.id)).all() == []
+        assert session.scalars(select(AuditEvent.id).where(AuditEvent.id == row["id"])).all() == []
+    job = at_once(row)
+    with platform.db.transaction() as session:
+        assert session.scalars(select(Job.id)).all() == [job.id]
+        stored = session.get(AuditEvent, row["id"])
+        assert stored is not None
+        assert (stored.target_id, stored.client_addr) == (job.id, "192.0.2.7")
     assert long_way == []
 
 

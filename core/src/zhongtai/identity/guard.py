@@ -82,8 +82,9 @@ PRINCIPAL_SCOPE_KEY = "zt_principal"
 GENERATION_SCOPE_KEY = "zt_identity_generation"  # what the principal was read under
 AUDIT_SCOPE_KEY = "zt_audit"  # present: the request gets an audit row
 SESSION_SCOPE_KEY = "zt_browser_session"  # the cookie, when the caller is a signed-in browser
-# Present: no audit row, whatever the method. Set on requests a rate limit refused, so
-# that a flood of them costs no writes (the access log and metrics still count them).
+# Present: no audit row after the response, whatever the method. Set on requests a rate
+# limit refused, so that a flood of them costs no writes (the access log and metrics
+# still count them), and by routes that wrote their row themselves (Access.audit_row).
 NO_AUDIT_SCOPE_KEY = "zt_no_audit"
 AUDIT_CONTEXT_KEY = "zt_audit_context"  # what require() learnt: used only if there is a row
 
@@ -490,6 +491,21 @@ class Access:
         entry.update({k: v for k, v in values.items() if v is not None})
         if detail:
             entry.setdefault("detail", {}).update(detail)
+
+    def audit_row(self, status: int) -> dict[str, Any]:
+        """This request's audit row as the app would write it after a ``status`` answer
+        (the columns of ``audit_events``), for a route that writes it with the change
+        it records, in the same transaction or statement: the row then commits with
+        the change or not at all. Call :meth:`audit_written` once it has committed;
+        until then (and if it never does) the app writes the row after the response,
+        as for any request."""
+        from zhongtai.identity.audit import request_values
+
+        return request_values(self._scope, status)
+
+    def audit_written(self) -> None:
+        """The route committed its :meth:`audit_row`: the app writes no other."""
+        self._scope[NO_AUDIT_SCOPE_KEY] = True  # type: ignore[index]  # the request's scope: mutable
 
 
 class _RequestMemo:

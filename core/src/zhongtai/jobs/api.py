@@ -158,6 +158,7 @@ def submit_job(
     # Refuse (503) before anything is written when the queue is down, rather than
     # acknowledge jobs that wait for the reconciler.
     engine.driver.check()
+    access.audit(action="job.submit", target_kind="job", project_id=data.project)
     try:
         job = None
         with platform.db.autocommit() as session:
@@ -165,7 +166,9 @@ def submit_job(
             if job_type.permission is not None:
                 access.require(session, project_id=data.project, permission=job_type.permission)
             if key is None and data.parent is None:
-                # Most submissions: one INSERT committing by itself (or None, the long way).
+                # Most submissions: one INSERT committing by itself (or None, the long
+                # way), with the request's audit row where it can go in the same one.
+                audit = access.audit_row(201) if engine.audits_at_once else None
                 job = engine.submit_at_once(
                     session,
                     job_type=job_type,
@@ -174,7 +177,10 @@ def submit_job(
                     params=params,
                     priority=data.priority,
                     run_at=data.run_at,
+                    audit=audit,
                 )
+                if job is not None and audit is not None:
+                    access.audit_written()
         if job is None:
             with platform.db.transaction() as session:
                 if data.parent is not None:
@@ -200,9 +206,7 @@ def submit_job(
                         JobIdempotency(caller=caller, key=key, request_hash=digest, job_id=job.id)
                     )
         body = job_dict(job)  # its attributes stay loaded after the commit
-        access.audit(
-            action="job.submit", target_kind="job", target_id=job.id, project_id=job.project_id
-        )
+        access.audit(target_id=job.id)  # for the row written after the response, if any
     except InvalidParams as exc:
         raise _field_error(f"params.{exc.field}", exc.message) from None
     except JobRefused as exc:

@@ -48,6 +48,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
 
 from zhongtai.hooks.events import Event, emit, utcnow
+from zhongtai.identity.models import AuditEvent
 from zhongtai.jobs.admission import AdmissionRequest, Tally, decide
 from zhongtai.jobs.context import FLUSH_SECONDS, JobCancelled, JobContext
 from zhongtai.jobs.hub import LogHub
@@ -263,6 +264,7 @@ class JobEngine:
         params: BaseModel,
         priority: int | None = None,
         run_at: datetime | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> Job | None:
         """The common submission as one ``INSERT`` that commits by itself, in
         ``session`` (from :meth:`Database.autocommit`): no ``BEGIN`` and ``COMMIT``
@@ -272,7 +274,12 @@ class JobEngine:
         policy admits it on its tally alone (:func:`~zhongtai.jobs.admission.
         admits_on_tally`). Otherwise None, and nothing is written: the caller then
         uses :meth:`submit` in a transaction. The job is returned (not in the
-        session); :meth:`dispatch` it."""
+        session); :meth:`dispatch` it.
+
+        ``audit``: the request's audit row (:meth:`~zhongtai.identity.guard.Access.
+        audit_row`), on PostgreSQL only (:attr:`audits_at_once`), written in the same
+        statement with the job's id as its target: both rows commit, or neither.
+        """
         from zhongtai.jobs.admission import admits_on_tally
 
         if job_type.check is not None or not self._undecided_by_policies(job_type):
@@ -281,12 +288,23 @@ class JobEngine:
             return None
         values = self._new_row(job_type, project_id, principal, params, priority, run_at, None)
         statements = self.platform.db.on_driver(session)
-        statements.first(_INSERT, values)
+        if audit is None:
+            statements.first(_INSERT, values)
+        else:
+            assert self.audits_at_once, "an audit row goes in with a job on PostgreSQL only"
+            row = {**audit, "target_id": values["id"]}
+            statements.first(_INSERT_AUDITED, {**values, **_audit_params(row)})
         job = _job_of(values)
         statements.emit(
             JobSubmitted(project=project_id, job_id=job.id, job_type=job.type, status=job.status)
         )
         return job
+
+    @property
+    def audits_at_once(self) -> bool:
+        """Whether :meth:`submit_at_once` takes an audit row: on PostgreSQL, where one
+        statement inserts both (SQLite has no ``INSERT`` in a ``WITH``)."""
+        return not self.platform.db.is_embedded
 
     def _undecided_by_policies(self, job_type: JobType) -> bool:
         """Whether no plugin's ``admit_job`` decides jobs of this type (the core's
@@ -1235,6 +1253,21 @@ _NEXT_DUE = select(func.min(Job.run_at)).where(Job.status == str(JobStatus.sched
 _JOBS: Table = Job.__table__  # type: ignore[assignment]  # a Table: declarative, no inheritance
 _AT = _JOBS.c.started_at.type
 _INSERT = insert(_JOBS)
+# A job's row and its submission's audit row in one statement (PostgreSQL): the job's
+# INSERT in a WITH, which PostgreSQL runs whether or not the outer statement reads it.
+# The audit row's parameters are prefixed: both tables have an id and a project_id.
+_AUDIT: Table = AuditEvent.__table__  # type: ignore[assignment]  # declarative: a Table
+_INSERT_AUDITED = (
+    insert(_AUDIT)
+    .values({c.name: bindparam(f"audit_{c.name}", type_=c.type) for c in _AUDIT.c})
+    .add_cte(insert(_JOBS).cte("new_job"))
+)
+
+
+def _audit_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit row's values as :data:`_INSERT_AUDITED`'s parameters."""
+    return {f"audit_{c.name}": row.get(c.name) for c in _AUDIT.c}
+
 
 _CLAIM = (
     update(_JOBS)
