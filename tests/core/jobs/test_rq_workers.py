@@ -413,3 +413,57 @@ def test_a_worker_waits_for_jobs_longer_than_the_drivers_socket_timeout() -> Non
     ]
     # The driver's client keeps its short timeout: a server's request never hangs.
     assert all(c.socket_timeout == 5 for c in driver.redis.connection_pool._available_connections)
+
+
+@needs_redis
+def test_the_relay_carries_every_jobs_messages_in_order_to_other_processes() -> None:
+    """Hub messages published in one process (a worker) reach the followers of the
+    same jobs in another (a server), each job's in the order published, batched into
+    one Redis message per 50 ms; a process never gets its own messages back."""
+    import asyncio
+    import secrets
+
+    from zhongtai.jobs.hub import LogHub, Relay
+
+    url = redis_for_tests()
+    assert url is not None
+    redis = Redis.from_url(url)
+    prefix = f"zt-test-relay-{secrets.token_hex(4)}"
+    worker, server = LogHub(), LogHub()
+    worker.relay = Relay(worker, redis, prefix, "worker-node")
+    server.relay = Relay(server, redis, prefix, "server-node")
+
+    async def follow() -> None:
+        with server.follow("job-a") as a, server.follow("job-b") as b:
+            deadline = time.monotonic() + 5
+            while not any(n for _c, n in redis.pubsub_numsub(f"{prefix}:log")):
+                assert time.monotonic() < deadline, "the server's relay never subscribed"
+                await asyncio.sleep(0.01)
+            for seq in range(300):
+                worker.publish("job-a", {"kind": "line", "seq": seq})
+                if seq % 3 == 0:
+                    worker.publish_many("job-b", [{"kind": "line", "seq": seq}])
+                worker.publish("job-c", {"kind": "line", "seq": seq})  # followed nowhere
+                if seq % 100 == 0:
+                    await asyncio.sleep(0.06)  # across several of the relay's batches
+
+            async def seqs(follower: Any, count: int) -> list[int]:
+                return [
+                    (await asyncio.wait_for(follower.queue.get(), 5))["seq"] for _ in range(count)
+                ]
+
+            assert await seqs(a, 300) == list(range(300))
+            assert await seqs(b, 100) == list(range(0, 300, 3))
+            # The server's own message is delivered here at once, and never again
+            # from Redis.
+            server.publish("job-a", {"kind": "status", "seq": -1})
+            assert await seqs(a, 1) == [-1]
+            await asyncio.sleep(0.3)
+            assert a.queue.empty() and b.queue.empty()
+            assert not a.overflowed and not b.overflowed
+
+    try:
+        asyncio.run(follow())
+    finally:
+        worker.relay.stop()
+        server.relay.stop()

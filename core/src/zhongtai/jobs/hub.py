@@ -90,15 +90,19 @@ class LogHub:
 class Relay:
     """Carries hub messages between processes over Redis pub/sub.
 
-    Messages are batched (every 50 ms, one pipeline) so a job that logs thousands of
-    lines a second costs a few Redis round trips, not thousands. Each process skips
-    its own messages, which it already delivered locally.
+    Messages are batched: every 50 ms, one message on one channel carries what every
+    job of this process published meanwhile, so a job that logs thousands of lines a
+    second, or a worker that runs hundreds of jobs a second (each publishing its
+    status as it starts and ends), costs a few Redis round trips, not thousands. A
+    listening process receives every job's messages (it once subscribed to a pattern
+    matching every job's channel: the same), delivers those of the jobs it has
+    followers for, and skips its own, which it already delivered locally.
     """
 
     def __init__(self, hub: LogHub, redis: Any, prefix: str, node: str) -> None:
         self.hub = hub
         self.redis = redis
-        self.channel_prefix = f"{prefix}:log:"
+        self.channel = f"{prefix}:log"
         self.node = node
         self._outbox: list[tuple[str, list[dict[str, Any]]]] = []
         self._outbox_lock = threading.Lock()
@@ -128,11 +132,7 @@ class Relay:
             for job_id, messages in batch:
                 merged.setdefault(job_id, []).extend(messages)
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for job_id, messages in merged.items():
-                    payload = json.dumps({"node": self.node, "messages": messages})
-                    pipe.publish(self.channel_prefix + job_id, payload)
-                pipe.execute()
+                self.redis.publish(self.channel, json.dumps({"node": self.node, "jobs": merged}))
             except Exception as exc:  # live delivery only: the database has every line
                 log.debug("log relay: publish failed: %s", exc)
 
@@ -152,7 +152,7 @@ class Relay:
         while not self._stopped.is_set():
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(self.channel_prefix + "*")
+                pubsub.subscribe(self.channel)
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is None:
@@ -160,11 +160,8 @@ class Relay:
                     data = json.loads(message["data"])
                     if data.get("node") == self.node:
                         continue
-                    channel = message["channel"]
-                    if isinstance(channel, bytes):
-                        channel = channel.decode()
-                    job_id = channel[len(self.channel_prefix) :]
-                    self.hub.deliver_local(job_id, data.get("messages", []))
+                    for job_id, messages in data.get("jobs", {}).items():
+                        self.hub.deliver_local(job_id, messages)
             except Exception as exc:  # Redis away: followers fall back to the database
                 log.debug("log relay: listening failed (%s); retrying", exc)
                 self._stopped.wait(1.0)
