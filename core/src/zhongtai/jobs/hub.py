@@ -94,9 +94,8 @@ class Relay:
     job of this process published meanwhile, so a job that logs thousands of lines a
     second, or a worker that runs hundreds of jobs a second (each publishing its
     status as it starts and ends), costs a few Redis round trips, not thousands. A
-    listening process receives every job's messages (it once subscribed to a pattern
-    matching every job's channel: the same), delivers those of the jobs it has
-    followers for, and skips its own, which it already delivered locally.
+    listening process receives every job's messages, delivers those of the jobs it
+    has followers for, and skips its own, which it already delivered locally.
     """
 
     def __init__(self, hub: LogHub, redis: Any, prefix: str, node: str) -> None:
