@@ -804,7 +804,8 @@ def _follow(
     deadline = time.monotonic() + timeout
     cursor: str | None = None
 
-    def drain() -> None:
+    def drain() -> bool:
+        """Log what the backend has; whether it had anything and moved on."""
         nonlocal cursor
         chunk = backend.read_logs(handle, cursor)
         for line in chunk.lines:
@@ -812,7 +813,8 @@ def _follow(
         if chunk.lines:
             ctx.flush()  # to followers now, not at the next periodic flush
         tail.extend(chunk.lines)
-        cursor = chunk.cursor
+        moved, cursor = chunk.cursor != cursor, chunk.cursor
+        return bool(chunk.lines) and moved
 
     state = "pending"
     polls = 0
@@ -825,7 +827,8 @@ def _follow(
             if not outcome.final:
                 ctx.progress(None, f"{state} on {backend.name}")
         if outcome.final:
-            drain()
+            while drain():  # a backend hands over a bounded amount per call
+                pass
             rest = getattr(backend, "read_rest", None)
             if callable(rest):
                 for line in rest(handle, cursor).lines:

@@ -20,8 +20,11 @@ Limits, as far as the OS lets an unprivileged process set them:
 
 More than one process per node starts ``procs_per_node`` processes with the
 ``torchrun`` variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1``, a free
-``MASTER_PORT``); more than one node is refused. Output of every process goes to one
-log file in the run's folder, read incrementally by :meth:`LocalBackend.read_logs`.
+``MASTER_PORT``); more than one node is refused. Each process writes its output to a
+log file of its own in the run's folder (``output.log`` for rank 0, ``output.rank<N>.log``
+for the others), so that two ranks printing at once never splice their lines together:
+an unbuffered ``print`` is two writes, the text and the newline. :meth:`LocalBackend.read_logs`
+reads the files incrementally and hands over whole lines only, each rank's in order.
 
 The handle records the group's leader pid with its start time (from ``/proc``), so a
 worker that did not start the run — after a crash — can still tell whether it runs
@@ -162,7 +165,10 @@ class LocalBackend(Backend):
     def submit(self, launch: Launch) -> str:
         self.check(launch)
         assert launch.workdir is not None
-        log_path = launch.workdir.parent / LOG_NAME
+        log_paths = [
+            launch.workdir.parent / _log_name(rank)
+            for rank in range(launch.distributed.procs_per_node)
+        ]
         base = {
             key: value
             for key, value in os.environ.items()
@@ -183,13 +189,13 @@ class LocalBackend(Backend):
         cores = _cores(launch.requirements.cpu)
         cpus = ",".join(str(core) for core in sorted(cores)) if cores is not None else ""
         statuses = [
-            str(log_path.parent / f"exit-{rank}.json")
+            str(log_paths[0].parent / f"exit-{rank}.json")
             for rank in range(launch.distributed.procs_per_node)
         ]
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            with log_path.open("ab") as log:
-                for rank in range(launch.distributed.procs_per_node):
+            for rank, log_path in enumerate(log_paths):
+                with log_path.open("ab") as log:
                     env = {
                         **base,
                         **launch.env,
@@ -224,7 +230,8 @@ class LocalBackend(Backend):
                 "pid": leader_pid,
                 "pids": [p.pid for p in processes],  # each leads its own process group
                 "started": _start_time(leader_pid),
-                "log": str(log_path),
+                "log": str(log_paths[0]),
+                "logs": [str(path) for path in log_paths],  # one per rank
                 "status": statuses,
                 "memory": launch.requirements.memory_mb * 2**20,
                 "grace": float(getattr(launch.options, "grace_seconds", 10.0)),
@@ -291,40 +298,35 @@ class LocalBackend(Backend):
             processes[0].wait(timeout=seconds)
 
     def read_logs(self, handle: str, cursor: str | None) -> LogChunk:
-        info = _parse(handle)
-        offset = int(cursor or 0)
-        try:
-            with open(info["log"], "rb") as log:
-                log.seek(offset)
-                data = log.read(MAX_READ)
-        except FileNotFoundError:
-            return LogChunk([], cursor)
-        end = data.rfind(b"\n")
-        if end < 0:
-            if len(data) < MAX_READ:
-                return LogChunk([], str(offset))
-            end = len(data) - 1  # one enormous line: hand it over in pieces
-        complete = data[: end + 1]
-        lines = complete.decode("utf-8", errors="replace").splitlines()
-        return LogChunk(lines, str(offset + len(complete)))
+        """Whole lines written since ``cursor``: each rank's in order, rank by rank.
+
+        The cursor holds one byte offset per rank's log, joined with commas."""
+        return self._read(handle, cursor, rest=False)
 
     def read_rest(self, handle: str, cursor: str | None) -> LogChunk:
-        """The last, unterminated line too (once the run has ended)."""
-        chunk = self.read_logs(handle, cursor)
-        info = _parse(handle)
-        offset = int(chunk.cursor or 0)
-        try:
-            with open(info["log"], "rb") as log:
-                log.seek(offset)
-                tail = log.read(MAX_READ)
-        except FileNotFoundError:
-            return chunk
-        if tail:
-            chunk = LogChunk(
-                [*chunk.lines, *tail.decode("utf-8", errors="replace").splitlines()],
-                str(offset + len(tail)),
-            )
-        return chunk
+        """The last, unterminated line of each rank too (once the run has ended)."""
+        return self._read(handle, cursor, rest=True)
+
+    def _read(self, handle: str, cursor: str | None, *, rest: bool) -> LogChunk:
+        paths = _logs(_parse(handle))
+        offsets = [int(part) for part in (cursor or "").split(",") if part]
+        offsets += [0] * (len(paths) - len(offsets))
+        budget = MAX_READ // len(paths)
+        lines: list[str] = []
+        for rank, path in enumerate(paths):
+            try:
+                with open(path, "rb") as log:
+                    log.seek(offsets[rank])
+                    data = log.read(budget)
+            except FileNotFoundError:
+                continue
+            end = len(data) - 1 if rest else data.rfind(b"\n")
+            if end < 0 and len(data) >= budget:
+                end = len(data) - 1  # one enormous line: hand it over in pieces
+            complete = data[: end + 1]
+            lines.extend(complete.decode("utf-8", errors="replace").splitlines())
+            offsets[rank] += len(complete)
+        return LogChunk(lines, ",".join(str(offset) for offset in offsets))
 
     # -- stopping --------------------------------------------------------------------
 
@@ -372,6 +374,15 @@ def _parse(handle: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as exc:
         raise BackendError(f"not a local backend handle: {handle[:80]!r}") from exc
     return dict(info)
+
+
+def _log_name(rank: int) -> str:
+    return LOG_NAME if rank == 0 else f"output.rank{rank}.log"
+
+
+def _logs(info: dict[str, Any]) -> list[str]:
+    """The run's log files, rank by rank."""
+    return [str(path) for path in info.get("logs", [info["log"]])]
 
 
 def _groups(info: dict[str, Any]) -> list[int]:
