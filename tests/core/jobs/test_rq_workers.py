@@ -416,6 +416,68 @@ def test_a_worker_waits_for_jobs_longer_than_the_drivers_socket_timeout() -> Non
 
 
 @needs_redis
+def test_a_worker_repeats_rqs_heartbeat_only_when_it_is_due_or_its_expiry_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RQ's loop sends the worker heartbeat five times per job; the platform's worker
+    skips a repeat within ``HEARTBEAT_EVERY``, but never one that restores the key's
+    expiry after RQ shortened it for a job (else an idle worker would drop out of RQ's
+    registry after a job's 90 s, while it waits up to the dequeue timeout)."""
+    from zhongtai.jobs.queue import rq as driver_module
+    from zhongtai.jobs.queue.rq import PlatformWorker
+
+    url = redis_for_tests()
+    assert url is not None
+    driver = _driver(url)
+    worker = PlatformWorker(
+        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
+    )
+    redis = worker.connection
+    full = worker.worker_ttl + 60
+    worker.register_birth()
+    try:
+
+        def stamp() -> bytes | None:
+            return redis.hget(worker.key, "last_heartbeat")  # type: ignore[return-value]
+
+        worker.heartbeat()
+        first = stamp()
+        assert first is not None and redis.ttl(worker.key) > full - 5
+        time.sleep(0.01)  # RQ's stamp has microseconds: a sent heartbeat changes it
+        worker.heartbeat()
+        worker.heartbeat()
+        assert stamp() == first, "a repeat within HEARTBEAT_EVERY went to Redis"
+        # RQ's suspension check sends one in its pipeline, with the usual time to live:
+        # it counts as the last heartbeat.
+        with redis.pipeline() as pipe:
+            worker.heartbeat(pipeline=pipe)
+            pipe.execute()
+        second = stamp()
+        assert second != first
+        time.sleep(0.01)
+        worker.heartbeat()
+        assert stamp() == second
+
+        # A job's start: RQ's heartbeat in its pipeline, with the job's time to live.
+        with redis.pipeline() as pipe:
+            worker.heartbeat(90, pipeline=pipe)
+            pipe.execute()
+        assert redis.ttl(worker.key) <= 90
+        worker.heartbeat()  # the one after the job: sent, whatever its age
+        assert redis.ttl(worker.key) > full - 5
+
+        # Due again: sent.
+        monkeypatch.setattr(driver_module, "HEARTBEAT_EVERY", 0.05)
+        before = stamp()
+        time.sleep(0.06)
+        worker.heartbeat()
+        assert stamp() != before
+    finally:
+        worker.register_death()
+        redis.delete(worker.key)
+
+
+@needs_redis
 def test_the_relay_carries_every_jobs_messages_in_order_to_other_processes() -> None:
     """Hub messages published in one process (a worker) reach the followers of the
     same jobs in another (a server), each job's in the order published, batched into
