@@ -478,6 +478,42 @@ def test_a_worker_repeats_rqs_heartbeat_only_when_it_is_due_or_its_expiry_change
 
 
 @needs_redis
+def test_a_worker_writes_its_state_again_only_when_it_changed() -> None:
+    """RQ sets ``idle`` after each job and again before waiting for the next: the
+    platform's worker writes it once; ``busy`` (in RQ's pipeline at a job's start) and
+    the ``idle`` after it are written."""
+    from zhongtai.jobs.queue.rq import PlatformWorker
+
+    url = redis_for_tests()
+    assert url is not None
+    driver = _driver(url)
+    worker = PlatformWorker(
+        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
+    )
+    redis = worker.connection
+    worker.register_birth()
+    try:
+
+        def state() -> bytes | None:
+            return redis.hget(worker.key, "state")  # type: ignore[return-value]
+
+        worker.set_state("idle")
+        assert state() == b"idle"
+        redis.hset(worker.key, "state", "marker")  # shows whether the next one writes
+        worker.set_state("idle")
+        assert state() == b"marker" and worker.get_state() == "idle"
+        with redis.pipeline() as pipe:
+            worker.set_state("busy", pipeline=pipe)
+            pipe.execute()
+        assert state() == b"busy"
+        worker.set_state("idle")
+        assert state() == b"idle" and worker.get_state() == "idle"
+    finally:
+        worker.register_death()
+        redis.delete(worker.key)
+
+
+@needs_redis
 def test_the_relay_carries_every_jobs_messages_in_order_to_other_processes() -> None:
     """Hub messages published in one process (a worker) reach the followers of the
     same jobs in another (a server), each job's in the order published, batched into
