@@ -26,7 +26,12 @@ is held or refused.
    ``--concurrency`` (32) keep-alive clients (raw asyncio sockets, so the client costs
    little on a small machine) until all are ``succeeded``, read from the ``jobs``
    table directly. Time: first submit → the last job's ``finished_at``. Target: rq ÷
-   plain RQ ≥ 0.6; embedded ÷ plain RQ is reported without a target. Diagnostics:
+   plain RQ ≥ 0.6; embedded ÷ plain RQ is reported without a target. The pair is
+   measured ``--rounds`` (3) times, plain RQ and the platform back to back with fresh
+   processes and databases, the order alternating (round 2 starts with the platform);
+   the ratio is the median of the rounds' ratios, every round is printed. On a shared
+   machine one pair's ratio moves by ±0.05 or more from one run to the next, as the
+   machine's speed changes between the two halves. Diagnostics:
    how long the submissions took, the worker cycle (consecutive ``started_at`` of
    one worker) split into the job itself (``started_at`` → ``finished_at``) and what
    lies between jobs, and CPU seconds per 1000 jobs of each process.
@@ -67,17 +72,18 @@ is held or refused.
    validation, admission, events, logs, SQLAlchemy), not of the design's shape.
 
 Order: plain RQ, the floor, then each driver (latency on the idle system first, then
-throughput, then followers), one set of processes at a time. CPU seconds per
+throughput, then followers), then the further throughput rounds, one set of
+processes at a time. CPU seconds per
 process come from /proc (``postgres + redis``: this run's PostgreSQL backends and
 redis-server).
 
-Exits 0 whatever the verdicts. Time: the platform's own rate sets it; at ~20-30
-no-op jobs/s on 2 cores the full run takes about 25 minutes, ``--quick`` (1000
-jobs, 10 followers, 1000 lines, 20 latency samples) about 2. ``--scenarios`` and
-``--drivers`` run a part.
+Exits 0 whatever the verdicts. Time: the platform's own rate sets it; on 2 cores
+``--scenarios throughput --drivers rq`` takes about 4 minutes, ``--quick`` (1000
+jobs, 10 followers, 1000 lines, 20 latency samples, one round) about 2.
+``--scenarios`` and ``--drivers`` run a part.
 
 Run: ``.venv/bin/python bench/jobs.py [--quick] [--jobs 10000] [--database
-sqlite|postgres] [--followers 100 --lines 10000] [--no-rq-followers]
+sqlite|postgres] [--followers 100 --lines 10000] [--no-rq-followers] [--rounds 3]
 [--scenarios throughput,latency,followers,drain,floor] [--drivers rq,embedded]``.
 """
 
@@ -92,6 +98,7 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -1027,13 +1034,16 @@ def run_platform(
     prefix: str,
     args: argparse.Namespace,
     scenarios: set[str],
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Seed a fresh database, start the server (and workers), run ``scenarios``."""
-    url, database = dbs.new(driver)
-    home = work / driver
+    """Seed a fresh database, start the server (and workers), run ``scenarios``.
+    ``label`` names the database, data directory and logs (default: the driver's name)."""
+    label = label or driver
+    url, database = dbs.new(label)
+    home = work / label
     site = seed(home, url, database, secret)
     env = platform_env(site, secret, driver, prefix, redis_url)
-    server = zhongtai_server(home, work / f"{driver}-server.log", bytecode_cache=True, env=env)
+    server = zhongtai_server(home, work / f"{label}-server.log", bytecode_cache=True, env=env)
     workers = []
     if driver == "rq":
         worker_env = child_env(bytecode_cache=True, extra=env)
@@ -1042,7 +1052,7 @@ def run_platform(
                 f"zhongtai worker {i}",
                 [str(ZHONGTAI), "worker", "--name", f"{prefix}-w{i}"],
                 worker_env,
-                work / f"rq-worker-{i}.log",
+                work / f"{label}-worker-{i}.log",
             )
             for i in range(WORKERS)
         ]
@@ -1211,12 +1221,23 @@ def main() -> None:
         "--no-rq-followers", action="store_true", help="log followers on embedded only"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="--jobs 1000 --followers 10 --lines 1000"
+        "--rounds",
+        type=int,
+        default=3,
+        help="throughput rounds: plain RQ and each driver back to back, in alternating "
+        "order; the ratio is the median of the rounds' (default 3)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--jobs 1000 --followers 10 --lines 1000 --rounds 1",
     )
     args = parser.parse_args()
     if args.quick:
-        args.jobs, args.followers, args.lines = 1000, 10, 1000
+        args.jobs, args.followers, args.lines, args.rounds = 1000, 10, 1000, 1
         args.latency_samples = min(args.latency_samples, 20)
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     scenarios = set(args.scenarios)
     for name in [k for k in os.environ if k.startswith("ZHONGTAI_")]:
         del os.environ[name]  # the seeding below reads settings; the shell must not leak in
@@ -1275,19 +1296,25 @@ def main() -> None:
                 summary[driver] = run_platform(
                     driver, dbs, work, secret, args.redis_url, prefix, args, mine
                 )
+            if "throughput" in scenarios:
+                summary["rounds"] = throughput_rounds(summary, args, dbs, work, secret, prefix)
         finally:
             try:
-                ids = platform_job_ids(dbs.urls.get("rq"))
+                ids = [
+                    job_id
+                    for label, url in dbs.urls.items()
+                    if label.split("-")[0] == "rq"
+                    for job_id in platform_job_ids(url)
+                ]
                 removed = forget_redis_keys(args.redis_url, prefix, ids, shared_before)
                 print(f"cleaned up: {removed} Redis keys, the databases and the data directories")
             finally:
                 dbs.drop_all()
     summary["seconds"] = time.monotonic() - started
-    if "plain_rq" in summary:
-        base = summary["plain_rq"]["jobs_per_s"]
-        for driver in args.drivers:
-            if "throughput" in summary[driver]:
-                summary[f"ratio_{driver}"] = summary[driver]["throughput"]["jobs_per_s"] / base
+    for driver in args.drivers:
+        ratios = [r[f"ratio_{driver}"] for r in summary.get("rounds", []) if f"ratio_{driver}" in r]
+        if ratios:
+            summary[f"ratio_{driver}"] = statistics.median(ratios)
     if "plain_rq" in summary and "floor" in summary:
         summary["ratio_floor"] = summary["floor"]["jobs_per_s"] / summary["plain_rq"]["jobs_per_s"]
     if "plain_rq_drain" in summary and "drain" in summary.get("rq", {}):
@@ -1296,6 +1323,60 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "jobs.json").write_text(json.dumps(summary, indent=2, default=str))
     report(summary, args.drivers)
+
+
+def throughput_rounds(
+    summary: dict[str, Any],
+    args: argparse.Namespace,
+    dbs: Databases,
+    work: Path,
+    secret: str,
+    prefix: str,
+) -> list[dict[str, Any]]:
+    """The first round's throughputs (from the run so far) and ``--rounds`` - 1 more,
+    each plain RQ and every driver back to back, with fresh processes, databases and
+    queue names. The order alternates (round 2 starts with the platform, round 3 with
+    plain RQ, …), so that neither side is always the one measured after the other."""
+
+    def ratios(entry: dict[str, Any]) -> dict[str, Any]:
+        base = entry["plain_rq"]["jobs_per_s"]
+        for driver in args.drivers:
+            if driver in entry:
+                entry[f"ratio_{driver}"] = entry[driver]["jobs_per_s"] / base
+        return entry
+
+    first = {"plain_rq": summary["plain_rq"]}
+    for driver in args.drivers:
+        if "throughput" in summary.get(driver, {}):
+            first[driver] = summary[driver]["throughput"]
+    rounds = [ratios(first)]
+    for number in range(2, args.rounds + 1):
+        entry: dict[str, Any] = {}
+        mark = f"{prefix}r{number}"  # the run's prefix in it: cleaned up with the rest
+
+        def plain(entry: dict[str, Any] = entry, mark: str = mark, number: int = number) -> None:
+            print(f"round {number}: plain RQ …", flush=True)
+            entry["plain_rq"] = plain_rq_throughput(args.redis_url, mark, args.jobs, work)
+
+        def platform(entry: dict[str, Any] = entry, mark: str = mark, number: int = number) -> None:
+            for driver in args.drivers:
+                print(f"round {number}: zhongtai, {driver} driver …", flush=True)
+                entry[driver] = run_platform(
+                    driver,
+                    dbs,
+                    work,
+                    secret,
+                    args.redis_url,
+                    mark,
+                    args,
+                    {"throughput"},
+                    label=f"{driver}-r{number}",
+                )["throughput"]
+
+        for step in (platform, plain) if number % 2 == 0 else (plain, platform):
+            step()
+        rounds.append(ratios(entry))
+    return rounds
 
 
 def report(summary: dict[str, Any], drivers: list[str]) -> None:
@@ -1345,12 +1426,20 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
     for driver in drivers:
         if summary[driver].get("error_lines_in_logs"):
             print(f"WARNING: {summary[driver]['error_lines_in_logs']} error lines in {driver} logs")
+    rounds = summary.get("rounds", [])
+    for number, entry in enumerate(rounds[1:], start=2):
+        rates = [f"plain RQ {entry['plain_rq']['jobs_per_s']:.0f}"] + [
+            f"{d} {entry[d]['jobs_per_s']:.0f}" for d in drivers if d in entry
+        ]
+        print(f"round {number:<4} jobs/s: {', '.join(rates)}")
     print()
     if "ratio_rq" in summary:
         value = summary["ratio_rq"]
+        each = ", ".join(f"{r['ratio_rq']:.2f}" for r in rounds if "ratio_rq" in r)
         print(
             f"throughput, rq driver ÷ plain RQ: {value:.2f} (target ≥ {TARGET_THROUGHPUT}) "
             f"{verdict(value >= TARGET_THROUGHPUT)}"
+            + (f"; the median of {len(rounds)} rounds: {each}" if len(rounds) > 1 else "")
         )
     if "ratio_floor" in summary:
         print(
@@ -1364,9 +1453,11 @@ def report(summary: dict[str, Any], drivers: list[str]) -> None:
         )
     if "ratio_embedded" in summary:
         rate = summary["embedded"]["throughput"]["jobs_per_s"]
+        each = ", ".join(f"{r['ratio_embedded']:.2f}" for r in rounds if "ratio_embedded" in r)
         print(
             f"throughput, embedded driver ÷ plain RQ: {summary['ratio_embedded']:.2f} "
-            f"({rate:.0f} jobs/s; no target)"
+            f"({rate:.0f} jobs/s in round 1; no target)"
+            + (f"; the median of {len(rounds)} rounds: {each}" if len(rounds) > 1 else "")
         )
     for driver in drivers:
         if "latency" not in summary[driver]:
