@@ -78,8 +78,9 @@ process come from /proc (``postgres + redis``: this run's PostgreSQL backends an
 redis-server).
 
 Exits 0 whatever the verdicts. Time: the platform's own rate sets it; on 2 cores
-``--scenarios throughput --drivers rq`` takes about 4 minutes, ``--quick`` (1000
-jobs, 10 followers, 1000 lines, 20 latency samples, one round) about 2.
+the defaults take about 5 minutes, ``--scenarios throughput --drivers rq`` about 3,
+``--quick`` (1000 jobs, 10 followers, 1000 lines, 20 latency samples, one round)
+about 1.
 ``--scenarios`` and ``--drivers`` run a part.
 
 Run: ``.venv/bin/python bench/jobs.py [--quick] [--jobs 10000] [--database
