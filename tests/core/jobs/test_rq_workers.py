@@ -415,6 +415,25 @@ def test_a_worker_waits_for_jobs_longer_than_the_drivers_socket_timeout() -> Non
     assert all(c.socket_timeout == 5 for c in driver.redis.connection_pool._available_connections)
 
 
+@contextmanager
+def _registered_worker() -> Iterator[Any]:
+    """A platform worker on queues of its own, registered in Redis for the block."""
+    from zhongtai.jobs.queue.rq import PlatformWorker
+
+    url = redis_for_tests()
+    assert url is not None
+    driver = _driver(url)
+    worker = PlatformWorker(
+        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
+    )
+    worker.register_birth()
+    try:
+        yield worker
+    finally:
+        worker.register_death()
+        worker.connection.delete(worker.key)
+
+
 @needs_redis
 def test_a_worker_repeats_rqs_heartbeat_only_when_it_is_due_or_its_expiry_changed(
     monkeypatch: pytest.MonkeyPatch,
@@ -424,18 +443,11 @@ def test_a_worker_repeats_rqs_heartbeat_only_when_it_is_due_or_its_expiry_change
     expiry after RQ shortened it for a job (else an idle worker would drop out of RQ's
     registry after a job's 90 s, while it waits up to the dequeue timeout)."""
     from zhongtai.jobs.queue import rq as driver_module
-    from zhongtai.jobs.queue.rq import PlatformWorker
 
-    url = redis_for_tests()
-    assert url is not None
-    driver = _driver(url)
-    worker = PlatformWorker(
-        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
-    )
-    redis = worker.connection
-    full = worker.worker_ttl + 60
-    worker.register_birth()
-    try:
+    monkeypatch.setattr(driver_module, "HEARTBEAT_EVERY", 30.0)  # a slow machine's pauses
+    with _registered_worker() as worker:
+        redis = worker.connection
+        full = worker.worker_ttl + 60
 
         def stamp() -> bytes | None:
             return redis.hget(worker.key, "last_heartbeat")  # type: ignore[return-value]
@@ -472,9 +484,6 @@ def test_a_worker_repeats_rqs_heartbeat_only_when_it_is_due_or_its_expiry_change
         time.sleep(0.06)
         worker.heartbeat()
         assert stamp() != before
-    finally:
-        worker.register_death()
-        redis.delete(worker.key)
 
 
 @needs_redis
@@ -482,17 +491,8 @@ def test_a_worker_writes_its_state_again_only_when_it_changed() -> None:
     """RQ sets ``idle`` after each job and again before waiting for the next: the
     platform's worker writes it once; ``busy`` (in RQ's pipeline at a job's start) and
     the ``idle`` after it are written."""
-    from zhongtai.jobs.queue.rq import PlatformWorker
-
-    url = redis_for_tests()
-    assert url is not None
-    driver = _driver(url)
-    worker = PlatformWorker(
-        [driver.queue_name("default", "normal")], connection=driver.worker_redis()
-    )
-    redis = worker.connection
-    worker.register_birth()
-    try:
+    with _registered_worker() as worker:
+        redis = worker.connection
 
         def state() -> bytes | None:
             return redis.hget(worker.key, "state")  # type: ignore[return-value]
@@ -508,9 +508,6 @@ def test_a_worker_writes_its_state_again_only_when_it_changed() -> None:
         assert state() == b"busy"
         worker.set_state("idle")
         assert state() == b"idle" and worker.get_state() == "idle"
-    finally:
-        worker.register_death()
-        redis.delete(worker.key)
 
 
 @needs_redis
