@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every zhongtai benchmark, one after the other, and repeat the verdict lines at the end.
 #
-#   bench/run.sh            # defaults (about 25 minutes on 2 cores, most of it bench/jobs.py)
+#   bench/run.sh            # defaults (bench/jobs.py alone: about 5 minutes on 2 cores)
 #   QUICK=1 bench/run.sh    # fewer samples, shorter runs (a smoke test, noisier figures)
 #
 # Full output of each script is kept in bench/results/<name>.txt (git-ignored), the
