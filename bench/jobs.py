@@ -1354,12 +1354,12 @@ def throughput_rounds(
     for number in range(2, args.rounds + 1):
         entry: dict[str, Any] = {}
         mark = f"{prefix}r{number}"  # the run's prefix in it: cleaned up with the rest
-
-        def plain(entry: dict[str, Any] = entry, mark: str = mark, number: int = number) -> None:
-            print(f"round {number}: plain RQ …", flush=True)
-            entry["plain_rq"] = plain_rq_throughput(args.redis_url, mark, args.jobs, work)
-
-        def platform(entry: dict[str, Any] = entry, mark: str = mark, number: int = number) -> None:
+        order = ("platform", "plain") if number % 2 == 0 else ("plain", "platform")
+        for side in order:
+            if side == "plain":
+                print(f"round {number}: plain RQ …", flush=True)
+                entry["plain_rq"] = plain_rq_throughput(args.redis_url, mark, args.jobs, work)
+                continue
             for driver in args.drivers:
                 print(f"round {number}: zhongtai, {driver} driver …", flush=True)
                 entry[driver] = run_platform(
@@ -1373,9 +1373,6 @@ def throughput_rounds(
                     {"throughput"},
                     label=f"{driver}-r{number}",
                 )["throughput"]
-
-        for step in (platform, plain) if number % 2 == 0 else (plain, platform):
-            step()
         rounds.append(ratios(entry))
     return rounds
 

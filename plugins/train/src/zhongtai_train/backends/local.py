@@ -230,7 +230,7 @@ class LocalBackend(Backend):
                 "pid": leader_pid,
                 "pids": [p.pid for p in processes],  # each leads its own process group
                 "started": _start_time(leader_pid),
-                "log": str(log_paths[0]),
+                "log": str(log_paths[0]),  # rank 0's, for workers that predate "logs"
                 "logs": [str(path) for path in log_paths],  # one per rank
                 "status": statuses,
                 "memory": launch.requirements.memory_mb * 2**20,
@@ -382,7 +382,7 @@ def _log_name(rank: int) -> str:
 
 def _logs(info: dict[str, Any]) -> list[str]:
     """The run's log files, rank by rank."""
-    return [str(path) for path in info.get("logs", [info["log"]])]
+    return list(info.get("logs", [info["log"]]))
 
 
 def _groups(info: dict[str, Any]) -> list[int]:
