@@ -357,12 +357,20 @@ class PlatformWorker(SimpleWorker):
     after the job, and before and after each wait for the next. This worker does not
     repeat one of those three when the last heartbeat, less than
     :data:`HEARTBEAT_EVERY` ago, set the same time to live (RQ's heartbeat at a job's
-    start sets the job's own, shorter one: the heartbeat after the job always goes),
-    so the key expires when RQ's loop would have it expire and ``last_heartbeat`` is
-    at most that stale; the one that goes sends its three commands in one round trip.
-    Nor does it write the worker's state again when it has just written the same
-    (RQ sets ``idle`` after each job and again before the wait). Each job takes seven
-    commands fewer (of about sixty) and nine round trips fewer.
+    start sets the job's own, shorter one), so the key expires when RQ's loop would
+    have it expire and ``last_heartbeat`` is at most that stale; one that goes on its
+    own sends its three commands in one round trip. Nor does it write the worker's
+    state again when it has just written the same (RQ sets ``idle`` after each job and
+    again before the wait).
+
+    After a job, RQ's loop writes ``idle`` and a heartbeat, each on its own, and at
+    once checks whether workers are suspended, in a pipeline with a heartbeat of its
+    own. Here those two writes go in that pipeline (:attr:`_settling`): the state and
+    the heartbeat restoring the key's usual expiry arrive as RQ would send them, one
+    round trip later. Nor does it write the job's ``last_heartbeat`` on its own when
+    the job succeeded: RQ saves the whole job, that field included, in the same
+    transaction that records the success. Each job takes about ten commands fewer (of
+    about sixty) and twelve round trips fewer than with RQ's ``SimpleWorker``.
     """
 
     # The database has each job's outcome and result; RQ's line about how long it keeps
@@ -385,12 +393,18 @@ class PlatformWorker(SimpleWorker):
         # last one set another, for a job).
         self._usual_beat_at: float | None = None
         self._state_sent: str | None = None  # what set_state last wrote on its own
+        # A job has just ended: RQ's loop checks for suspension next, in a pipeline
+        # with a heartbeat, which then carries the state and heartbeat written meanwhile.
+        self._settling = False
+        self._state_due: str | None = None  # the state it is to carry
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """RQ's, but for writing on its own the state it just wrote: RQ's loop sets
         ``idle`` after each job and again before its wait for the next."""
-        if pipeline is None and state == self._state_sent:
+        if pipeline is None and (self._settling or state == self._state_sent):
             self._state = state
+            if self._settling:
+                self._state_due = state
             return
         super().set_state(state, pipeline)
         self._state_sent = state if pipeline is None else None
@@ -400,14 +414,20 @@ class PlatformWorker(SimpleWorker):
         last heartbeat already made: the usual time to live, less than
         :data:`HEARTBEAT_EVERY` ago. One sent on its own goes in a pipeline."""
         usual = (timeout or self.worker_ttl + 60) == self.worker_ttl + 60
-        if (
-            usual
-            and pipeline is None
-            and self._usual_beat_at is not None
-            and time.monotonic() - self._usual_beat_at < HEARTBEAT_EVERY
+        if pipeline is None and (
+            self._settling
+            or (
+                usual
+                and self._usual_beat_at is not None
+                and time.monotonic() - self._usual_beat_at < HEARTBEAT_EVERY
+            )
         ):
             return
         if pipeline is not None:
+            if self._state_due is not None:  # RQ's suspension check, after a job
+                super().set_state(self._state_due, pipeline)
+                self._state_sent, self._state_due = self._state_due, None
+            self._settling = False
             super().heartbeat(timeout, pipeline)
         else:  # its three commands in one round trip, not three
             with self.connection.pipeline(transaction=False) as own:
@@ -421,6 +441,33 @@ class PlatformWorker(SimpleWorker):
             job.delete()
             return None
         return super().execute_job(job, queue)
+
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        try:
+            return bool(super().perform_job(job, queue, execution))
+        finally:
+            self._settling = True  # RQ's loop checks for suspension next
+
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        """RQ's, but for the job's ``last_heartbeat`` written on its own when the job
+        succeeded (RQ marks a failed one before this): the transaction recording the
+        success saves the whole job, that field included."""
+        from rq.job import JobStatus as RQStatus
+        from rq.utils import now
+
+        if job.get_status(refresh=False) == RQStatus.FAILED:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
+        job.last_heartbeat = job.ended_at
+
+    def register_death(self) -> None:
+        """RQ's, after the state that a job's end left for the suspension check, where
+        the loop stopped before it (a stop requested during the job, ``max_jobs``)."""
+        if self._state_due is not None:
+            state, self._state_due, self._settling = self._state_due, None, False
+            super().set_state(state)
+        super().register_death()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
 
     def kill_horse(self, sig: Any = None) -> None:
         """RQ's ``stop-job`` command: cancel the platform job running here."""
