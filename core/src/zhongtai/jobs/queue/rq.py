@@ -369,8 +369,8 @@ class PlatformWorker(SimpleWorker):
     the heartbeat restoring the key's usual expiry arrive as RQ would send them, one
     round trip later. Nor does it write the job's ``last_heartbeat`` on its own when
     the job succeeded: RQ saves the whole job, that field included, in the same
-    transaction that records the success. Each job takes about ten commands fewer (of
-    about sixty) and twelve round trips fewer than with RQ's ``SimpleWorker``.
+    transaction that records the success. A job that succeeds takes 45 commands
+    instead of 57 and 8 round trips instead of 20 with RQ's ``SimpleWorker``.
     """
 
     # The database has each job's outcome and result; RQ's line about how long it keeps
