@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -297,6 +299,84 @@ def serve_in_thread(app: Litestar) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def process_env(settings: Settings, **variables: str) -> dict[str, str]:
+    """The environment for a ``zhongtai`` command a test runs as a process of its own
+    (``serve``, ``worker``): the test's data directory, database, secret key and queue,
+    none of the ``ZHONGTAI_*`` variables around the test run, and ``variables`` on top
+    (``ZHONGTAI_PLUGINS="hello"``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZHONGTAI_")}
+    env.update(
+        ZHONGTAI_HOME=str(settings.home),
+        ZHONGTAI_DATABASE_URL=settings.effective_database_url,
+        ZHONGTAI_SECRET_KEY=settings.resolved_secret_key(),
+        ZHONGTAI_LOG_FORMAT=settings.log_format,
+        ZHONGTAI_ACCESS_LOG=str(settings.access_log).lower(),
+        ZHONGTAI_JOBS__QUEUE=settings.jobs.queue,
+    )
+    if settings.jobs.queue == "rq":
+        env.update(
+            ZHONGTAI_JOBS__REDIS_URL=settings.jobs.redis_url,
+            ZHONGTAI_JOBS__QUEUE_PREFIX=settings.jobs.queue_prefix,
+        )
+    env.update(variables)
+    return env
+
+
+@contextmanager
+def serve_in_process(
+    settings: Settings, **variables: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``zhongtai serve`` on a free port of 127.0.0.1, as a process of its own (see
+    :func:`process_env` for its environment), until it answers ``/readyz``; yields the
+    base URL and the process, and stops it afterwards. For tests that kill the server,
+    or whose timings must not share an interpreter with the test. On PostgreSQL the
+    schema must be there first (``bootstrap(settings, schema="upgrade")``)."""
+    import socket
+    import tempfile
+    import time
+
+    import httpx
+
+    # Its output goes to a file, not a pipe nobody reads while the test runs: a full
+    # pipe would stall the server at its next log line.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(  # noqa: S603 (our own command, an argument list)
+        [sys.executable, "-m", "zhongtai", "serve", "--port", str(port)],
+        env=process_env(settings, **variables),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                log.seek(0)
+                output = log.read().decode(errors="replace")
+                raise RuntimeError(f"the server exited ({proc.returncode}): {output}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in 60 s")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from redis import Redis
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from zhongtai.testing import ZtIdentity, redis_for_tests
+from zhongtai.testing import ZtIdentity, process_env, redis_for_tests
 
 pytestmark = pytest.mark.zt_plugins("hello")
 needs_redis = pytest.mark.skipif(
@@ -44,21 +44,13 @@ def spawn_worker(
     fast_settings: Any, tmp_path: Any
 ) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
-    jobs = fast_settings.jobs
 
     def spawn(*args: str) -> subprocess.Popen[str]:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ZHONGTAI_")},
-            "ZHONGTAI_HOME": str(fast_settings.home),
-            "ZHONGTAI_DATABASE_URL": fast_settings.effective_database_url,
-            "ZHONGTAI_SECRET_KEY": fast_settings.resolved_secret_key(),
-            "ZHONGTAI_PLUGINS": "hello",
-            "ZHONGTAI_JOBS__QUEUE": "rq",
-            "ZHONGTAI_JOBS__REDIS_URL": jobs.redis_url,
-            "ZHONGTAI_JOBS__QUEUE_PREFIX": jobs.queue_prefix,
-            "ZHONGTAI_JOBS__HEARTBEAT_INTERVAL": str(FAST["heartbeat_interval"]),
-            "ZHONGTAI_LOG_FORMAT": "text",
-        }
+        env = process_env(
+            fast_settings,
+            ZHONGTAI_PLUGINS="hello",
+            ZHONGTAI_JOBS__HEARTBEAT_INTERVAL=str(FAST["heartbeat_interval"]),
+        )
         log = open(tmp_path / f"worker{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "zhongtai", "worker", *args],

@@ -11,72 +11,25 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from zhongtai.platform import bootstrap
-from zhongtai.testing import ZtIdentity
+from zhongtai.testing import ZtIdentity, serve_in_process
 
 BASE = "/api/v1/data"
 PART = 5 * 1024 * 1024
 SIZE = 200 * 1024 * 1024 + 12345  # 41 parts
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(settings: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZHONGTAI_")}
-    env.update(
-        ZHONGTAI_HOME=str(settings.home),
-        ZHONGTAI_DATABASE_URL=settings.effective_database_url,
-        ZHONGTAI_PLUGINS="data",
-        ZHONGTAI_DATA__PART_SIZE=str(PART),
-        ZHONGTAI_ACCESS_LOG="false",
-    )
-    if settings.secret_key is not None:  # else the key kept in the data directory
-        env["ZHONGTAI_SECRET_KEY"] = settings.secret_key.get_secret_value()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zhongtai", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def server(settings: Any) -> Any:
+    """``zhongtai serve`` with the data plugin and small parts, in a process of its own."""
+    return serve_in_process(settings, ZHONGTAI_PLUGINS="data", ZHONGTAI_DATA__PART_SIZE=str(PART))
 
 
 def part(data: bytes, number: int) -> bytes:
