@@ -399,8 +399,10 @@ class PlatformWorker(SimpleWorker):
         self._state_due: str | None = None  # the state it is to carry
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        """RQ's, but for writing on its own the state it just wrote: RQ's loop sets
-        ``idle`` after each job and again before its wait for the next."""
+        """RQ's, but for writing on its own the state it just wrote (RQ's loop sets
+        ``idle`` after each job and again before its wait for the next), and for the
+        state after a job, which waits for the next pipelined heartbeat (RQ's
+        suspension check) or the worker's death."""
         if pipeline is None and (self._settling or state == self._state_sent):
             self._state = state
             if self._settling:
